@@ -152,7 +152,9 @@ class GroupSpec:
         cats = {a: tuple(_level(v) for v in vals) for a, vals in dict(self.categories).items()}
         for name in list(bins) + list(cats):
             if name not in self.attributes:
-                raise ValueError(f"bins/categories name {name!r}, which is not a grouping attribute {self.attributes}")
+                raise ValueError(
+                    f"bins/categories name {name!r}, which is not a grouping attribute {self.attributes}"
+                )
         both = set(bins) & set(cats)
         if both:
             raise ValueError(f"attributes {sorted(both)} have both bins and categories")
@@ -252,7 +254,9 @@ class GroupSpec:
         level = _level(value)
         allowed = self.levels(name)
         if allowed is not None and level not in allowed:
-            raise InputError(f"unknown value {value!r}; allowed values are {list(allowed)}", field=name, **loc)
+            raise InputError(
+                f"unknown value {value!r}; allowed values are {list(allowed)}", field=name, **loc
+            )
         return level
 
     def key(self, record: Record, *, where: Mapping[str, Any] | None = None) -> GroupKey:
@@ -284,7 +288,10 @@ class Cohort(Sequence[Record]):
         for i, rec in enumerate(self.records):
             if rec.id in seen:
                 raise InputError(
-                    f"duplicate record id {rec.id!r} (also at row {seen[rec.id] + 1})", path=source, row=i + 1, field="id"
+                    f"duplicate record id {rec.id!r} (also at row {seen[rec.id] + 1})",
+                    path=source,
+                    row=i + 1,
+                    field="id",
                 )
             seen[rec.id] = i
         self._keys: list[GroupKey] | None = None
@@ -292,7 +299,12 @@ class Cohort(Sequence[Record]):
     # ---------------------------------------------------------------- construction / IO
     @classmethod
     def from_manifest(
-        cls, path: str | PathLike, spec: GroupSpec | None = None, *, split: str | None = None, check_files: bool = True
+        cls,
+        path: str | PathLike,
+        spec: GroupSpec | None = None,
+        *,
+        split: str | None = None,
+        check_files: bool = True,
     ) -> Cohort:
         """Read a CSV or JSON manifest (see :mod:`fairmonai.io.manifest`)."""
         from fairmonai.io.manifest import read_manifest
@@ -340,7 +352,9 @@ class Cohort(Sequence[Record]):
         """Group key of every record, in record order (validated once, then cached)."""
         if self._keys is None:
             spec = self._require_spec()
-            self._keys = [spec.key(r, where={"path": self.source, "row": i + 1}) for i, r in enumerate(self.records)]
+            self._keys = [
+                spec.key(r, where={"path": self.source, "row": i + 1}) for i, r in enumerate(self.records)
+            ]
         return self._keys
 
     def group_indices(self) -> dict[GroupKey, list[int]]:
@@ -375,7 +389,9 @@ class Cohort(Sequence[Record]):
         empty = [k for k in wanted if counts.get(tuple(k), 0) == 0]
         if empty:
             names = "; ".join(spec.name(k) for k in empty)
-            raise EmptyGroupError(f"{len(empty)} group(s) have no record in {self.source or 'the cohort'}: {names}")
+            raise EmptyGroupError(
+                f"{len(empty)} group(s) have no record in {self.source or 'the cohort'}: {names}"
+            )
 
     def target_counts(self, strategy: str = "largest", n: int | None = None) -> dict[GroupKey, int]:
         """Per-group target size for balancing.
@@ -441,14 +457,18 @@ def record_from_row(
         raise InputError("no image path", path=path, row=row_number, field="image")
     rec_id = cells.get("id")
     if rec_id is None:
-        rec_id = re.sub(r"(\.nii)?\.gz$|\.[A-Za-z0-9]+$", "", str(image).replace("\\", "/").rstrip("/").split("/")[-1])
+        rec_id = re.sub(
+            r"(\.nii)?\.gz$|\.[A-Za-z0-9]+$", "", str(image).replace("\\", "/").rstrip("/").split("/")[-1]
+        )
     synthetic = cells.get("synthetic")
     if isinstance(synthetic, str):
         if synthetic.lower() not in {"true", "false", "yes", "no"}:
             raise InputError(f"{synthetic!r} is not a boolean", path=path, row=row_number, field="synthetic")
         synthetic = synthetic.lower() in {"true", "yes"}
     attributes = {k: v for k, v in cells.items() if k not in NON_ATTRIBUTE_COLUMNS}
-    extra = {k: v for k, v in cells.items() if k in NON_ATTRIBUTE_COLUMNS and k not in Record.__dataclass_fields__}
+    extra = {
+        k: v for k, v in cells.items() if k in NON_ATTRIBUTE_COLUMNS and k not in Record.__dataclass_fields__
+    }
     return Record(
         id=str(rec_id),
         image=str(image),

@@ -1,0 +1,47 @@
+# fairmonai: `make demo` runs the main job on the built-in cohort, `make test` runs the tests.
+# Both create .venv and install what they need (a CPU build of torch, the package and its test extras).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU torch: on this project's machines pip finds the 2.13.0 CPU wheel on local disk.
+# Elsewhere, point pip at a CPU wheel index, e.g. make TORCH_PIP_ARGS="--index-url <cpu index>".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.fairmonai-installed
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: demo test lint format bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=68" wheel
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fairmonai demo --out $(DEMO_OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_cine_cache.py --out bench/results
+
+clean:
+	rm -rf $(DEMO_OUT) bench/results .pytest_cache .ruff_cache
