@@ -152,9 +152,7 @@ class GroupSpec:
         cats = {a: tuple(_level(v) for v in vals) for a, vals in dict(self.categories).items()}
         for name in list(bins) + list(cats):
             if name not in self.attributes:
-                raise ValueError(
-                    f"bins/categories name {name!r}, which is not a grouping attribute {self.attributes}"
-                )
+                raise ValueError(f"bins/categories name {name!r}, which is not a grouping attribute {self.attributes}")
         both = set(bins) & set(cats)
         if both:
             raise ValueError(f"attributes {sorted(both)} have both bins and categories")
@@ -254,9 +252,7 @@ class GroupSpec:
         level = _level(value)
         allowed = self.levels(name)
         if allowed is not None and level not in allowed:
-            raise InputError(
-                f"unknown value {value!r}; allowed values are {list(allowed)}", field=name, **loc
-            )
+            raise InputError(f"unknown value {value!r}; allowed values are {list(allowed)}", field=name, **loc)
         return level
 
     def key(self, record: Record, *, where: Mapping[str, Any] | None = None) -> GroupKey:
@@ -265,6 +261,17 @@ class GroupSpec:
         if self.include_label:
             parts.append(self.level_of("label", record.label, where=where))
         return tuple(parts)
+
+    def sort_key(self, key: Sequence[str], fields: Sequence[str] | None = None) -> tuple:
+        """Order keys by declared level order (``<60`` before ``60-70``), undeclared levels by name.
+
+        ``fields`` names the key's positions when it is a partial key (default: :attr:`key_fields`).
+        """
+        out = []
+        for f, v in zip(fields or self.key_fields, key, strict=True):
+            levels = self.levels(f) or ()
+            out.append((levels.index(v), "") if v in levels else (len(levels), v))
+        return tuple(out)
 
     def name(self, key: Sequence[str]) -> str:
         """Readable group name: ``sex=F, age=<60, bmi=25-30, label=1``."""
@@ -352,9 +359,7 @@ class Cohort(Sequence[Record]):
         """Group key of every record, in record order (validated once, then cached)."""
         if self._keys is None:
             spec = self._require_spec()
-            self._keys = [
-                spec.key(r, where={"path": self.source, "row": i + 1}) for i, r in enumerate(self.records)
-            ]
+            self._keys = [spec.key(r, where={"path": self.source, "row": i + 1}) for i, r in enumerate(self.records)]
         return self._keys
 
     def group_indices(self) -> dict[GroupKey, list[int]]:
@@ -366,9 +371,10 @@ class Cohort(Sequence[Record]):
 
     def counts(self, include_empty: bool = True) -> dict[GroupKey, int]:
         """Records per group, sorted by key; declared groups with no record appear with 0."""
+        spec = self._require_spec()
         counts = Counter(self.keys())
-        declared = self._require_spec().all_keys() if include_empty else None
-        keys = sorted(set(counts) | set(declared or ()))
+        declared = spec.all_keys() if include_empty else None
+        keys = sorted(set(counts) | set(declared or ()), key=spec.sort_key)
         return {k: counts.get(k, 0) for k in keys}
 
     def counts_by(self, *fields: str) -> dict[GroupKey, int]:
@@ -379,7 +385,7 @@ class Cohort(Sequence[Record]):
             raise ValueError(f"{unknown} are not key fields; key fields are {list(spec.key_fields)}")
         pos = [spec.key_fields.index(f) for f in fields]
         marginal = Counter(tuple(k[p] for p in pos) for k in self.keys())
-        return dict(sorted(marginal.items()))
+        return dict(sorted(marginal.items(), key=lambda item: spec.sort_key(item[0], fields)))
 
     def require_groups(self, keys: Iterable[GroupKey] | None = None) -> None:
         """Raise :class:`EmptyGroupError` naming every group (default: every declared one) with no record."""
@@ -389,9 +395,7 @@ class Cohort(Sequence[Record]):
         empty = [k for k in wanted if counts.get(tuple(k), 0) == 0]
         if empty:
             names = "; ".join(spec.name(k) for k in empty)
-            raise EmptyGroupError(
-                f"{len(empty)} group(s) have no record in {self.source or 'the cohort'}: {names}"
-            )
+            raise EmptyGroupError(f"{len(empty)} group(s) have no record in {self.source or 'the cohort'}: {names}")
 
     def target_counts(self, strategy: str = "largest", n: int | None = None) -> dict[GroupKey, int]:
         """Per-group target size for balancing.
@@ -445,9 +449,7 @@ class Cohort(Sequence[Record]):
         return self.filter(lambda r: r.extra.get("split") == name)
 
 
-def record_from_row(
-    row: Mapping[str, Any], *, path: str | None = None, row_number: int | str | None = None
-) -> Record:
+def record_from_row(row: Mapping[str, Any], *, path: str | None = None, row_number: int | str | None = None) -> Record:
     """Build a :class:`Record` from a flat manifest row (column -> cell)."""
     from fairmonai.io.manifest import NON_ATTRIBUTE_COLUMNS
 
@@ -457,18 +459,14 @@ def record_from_row(
         raise InputError("no image path", path=path, row=row_number, field="image")
     rec_id = cells.get("id")
     if rec_id is None:
-        rec_id = re.sub(
-            r"(\.nii)?\.gz$|\.[A-Za-z0-9]+$", "", str(image).replace("\\", "/").rstrip("/").split("/")[-1]
-        )
+        rec_id = re.sub(r"(\.nii)?\.gz$|\.[A-Za-z0-9]+$", "", str(image).replace("\\", "/").rstrip("/").split("/")[-1])
     synthetic = cells.get("synthetic")
     if isinstance(synthetic, str):
         if synthetic.lower() not in {"true", "false", "yes", "no"}:
             raise InputError(f"{synthetic!r} is not a boolean", path=path, row=row_number, field="synthetic")
         synthetic = synthetic.lower() in {"true", "yes"}
     attributes = {k: v for k, v in cells.items() if k not in NON_ATTRIBUTE_COLUMNS}
-    extra = {
-        k: v for k, v in cells.items() if k in NON_ATTRIBUTE_COLUMNS and k not in Record.__dataclass_fields__
-    }
+    extra = {k: v for k, v in cells.items() if k in NON_ATTRIBUTE_COLUMNS and k not in Record.__dataclass_fields__}
     return Record(
         id=str(rec_id),
         image=str(image),

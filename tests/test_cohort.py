@@ -113,3 +113,10 @@ def test_group_spec_round_trips_through_dict():
     assert GroupSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="unknown fields"):
         GroupSpec.from_dict({"attributes": ["sex"], "binz": {}})
+
+
+def test_groups_are_ordered_by_declared_levels_not_text():
+    spec = GroupSpec.parse("age:60:70")
+    cohort = Cohort([rec(0, age=75), rec(1, age=65), rec(2, age=45)], spec)
+    assert list(cohort.counts()) == [("<60",), ("60-70",), (">=70",)]
+    assert list(cohort.counts_by("age")) == [("<60",), ("60-70",), (">=70",)]
