@@ -107,9 +107,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         manifest = make_phantom("cardiac", out / "cohort", subjects=args.subjects, seed=args.seed)
     built = time.perf_counter()
-    paths = _audit(
-        manifest, default_groups("cardiac"), out / "audit", False, "Built-in cardiac cohort: audit"
-    )
+    paths = _audit(manifest, default_groups("cardiac"), out / "audit", False, "Built-in cardiac cohort: audit")
     done = time.perf_counter()
     print(f"cohort: {manifest} ({built - start:.1f} s)")
     for name, path in paths.items():

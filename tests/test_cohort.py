@@ -40,9 +40,7 @@ def test_cardiac_spec_has_the_36_groups_of_the_paper():
 
 def test_counts_include_declared_empty_groups_and_marginals():
     spec = GroupSpec(("sex",), categories={"sex": ("F", "M", "O")}, include_label=True, labels=(0, 1))
-    cohort = Cohort(
-        [rec(0, "F", label=0), rec(1, "F", label=1), rec(2, "M", label=0), rec(3, "F", label=0)], spec
-    )
+    cohort = Cohort([rec(0, "F", label=0), rec(1, "F", label=1), rec(2, "M", label=0), rec(3, "F", label=0)], spec)
     assert cohort.counts() == {
         ("F", "0"): 2,
         ("F", "1"): 1,

@@ -54,9 +54,7 @@ def test_json_datalist_splits_and_monai_compatibility(files):
 
 def test_synthetic_flag_and_generator_fields(files):
     path = files / "m.csv"
-    path.write_text(
-        "image,synthetic,generator,generator_version,seed,sex\na.nii.gz,true,cardiac_ldm,0.1.0,7,F\n"
-    )
+    path.write_text("image,synthetic,generator,generator_version,seed,sex\na.nii.gz,true,cardiac_ldm,0.1.0,7,F\n")
     (r,) = read_manifest(path)
     assert r.synthetic is True and r.extra == {
         "generator": "cardiac_ldm",

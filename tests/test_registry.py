@@ -148,3 +148,44 @@ def test_refresh_forgets_uninstalled_plugins(site: Path) -> None:
     next(site.glob("fake_fairness_tmp-*.dist-info")).rmdir()
     registry.refresh()
     assert "tmp_metric" not in registry.available("metric")
+
+
+def test_every_builtin_plugin_is_listed_and_imports():
+    """Each built-in entry point resolves to a callable, and `fairmonai plugins` shows it."""
+    from fairmonai.cli import main
+
+    expected = {
+        "sampler": {"cbrs", "sqrs", "gradient_aware_cbrs", "gradient_aware_sqrs", "equal_scale"},
+        "loss": {"ce", "dice_ce", "inverse_performance", "group_dro"},
+        "metric": {
+            "demographic_parity_difference",
+            "equal_opportunity_difference",
+            "equalized_odds_difference",
+            "nar",
+            "balanced_accuracy",
+            "auc_per_group",
+            "es_dice",
+            "es_iou",
+            "es_auc",
+            "es_accuracy",
+            "essp",
+            "fairdiff_fairness",
+            "group_metric_frame",
+            "fid",
+            "fid_per_group",
+            "mmd_cov",
+        },
+    }
+    builtin = {(p.kind, p.name): p for p in registry.plugins() if p.package == "fairmonai"}
+    for kind, names in expected.items():
+        assert names <= {name for k, name in builtin if k == kind}, kind
+    for info in builtin.values():
+        assert callable(info.load()), info
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["plugins"]) == 0
+    listed = {tuple(line.split()[:2]) for line in buffer.getvalue().splitlines()[1:]}
+    assert set(builtin) <= listed

@@ -53,9 +53,7 @@ def test_same_seed_same_draw_new_epoch_new_draw():
 
 def test_distributed_shares_are_disjoint_and_cover_one_draw():
     full = ClassBalancedSampler(GROUPS, num_samples=1001, seed=9, num_replicas=1, rank=0)
-    shares = [
-        list(ClassBalancedSampler(GROUPS, num_samples=1001, seed=9, num_replicas=3, rank=r)) for r in range(3)
-    ]
+    shares = [list(ClassBalancedSampler(GROUPS, num_samples=1001, seed=9, num_replicas=3, rank=r)) for r in range(3)]
     assert all(len(s) == 334 for s in shares)  # padded to a multiple of the world size
     draw = ClassBalancedSampler(GROUPS, num_samples=1001, seed=9, num_replicas=3, rank=0).full_draw().tolist()
     interleaved = [draw[i] for i in range(len(draw))]

@@ -67,9 +67,7 @@ def _rows_from_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "image" not in [h.strip() for h in reader.fieldnames]:
-                raise InputError(
-                    f"header {reader.fieldnames} has no 'image' column", path=path, row=1, field="image"
-                )
+                raise InputError(f"header {reader.fieldnames} has no 'image' column", path=path, row=1, field="image")
             rows = []
             for row in reader:
                 if None in row:  # more cells than header columns

@@ -1,0 +1,81 @@
+"""The `fairmonai` command as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fairmonai.cli import main
+
+
+def test_plugins_lists_kind_name_package_and_version(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["KIND", "NAME", "PACKAGE", "VERSION", "TARGET"]
+    rows = {tuple(line.split()[:3]) for line in out[1:]}
+    assert ("sampler", "cbrs", "fairmonai") in rows and ("sampler", "sqrs", "fairmonai") in rows
+
+
+def test_phantom_then_audit_from_the_command_line(tmp_path, capsys):
+    assert main(["phantom", "fundus", "--out", str(tmp_path / "f"), "--subjects", "12", "--seed", "3"]) == 0
+    manifest = tmp_path / "f" / "manifest.csv"
+    assert manifest.is_file()
+    assert main(["audit", str(manifest), "--preset", "fundus", "--out", str(tmp_path / "a")]) == 0
+    audit = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert audit["n_records"] == 12
+    assert (tmp_path / "a" / "audit.html").is_file() and (tmp_path / "a" / "counts.png").is_file()
+
+
+def test_audit_with_dicom_tags(tmp_path):
+    assert main(["phantom", "dicom", "--out", str(tmp_path / "d"), "--subjects", "6"]) == 0
+    code = main(
+        [
+            "audit",
+            str(tmp_path / "d" / "manifest.csv"),
+            "--preset",
+            "dicom",
+            "--dicom-tags",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
+    assert code == 0
+    audit = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert audit["n_records"] == 6
+
+
+def test_bad_input_prints_the_located_error_without_traceback(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,sex\nmissing.png,F\n")
+    assert main(["audit", str(manifest), "--groups", "sex", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "m.csv, row 2, field 'image': file not found" in err and "Traceback" not in err
+
+
+def test_unknown_bias_knob_is_reported(tmp_path, capsys):
+    assert main(["phantom", "cardiac", "--out", str(tmp_path), "--subjects", "4", "--bias", "hf_prevalance=0.2"]) == 2
+    assert "hf_prevalance" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_builds_the_cohort_and_writes_the_audit(tmp_path):
+    """`make demo` in small: the real console script, a real cohort on disk, the audit page."""
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "fairmonai.cli", "demo", "--out", str(out), "--subjects", "30"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "cohort" / "manifest.csv").is_file()
+    html = (out / "audit" / "audit.html").read_text()
+    assert "sex=F" in html and "<img" in html
+    rerun = subprocess.run(
+        [sys.executable, "-m", "fairmonai.cli", "demo", "--out", str(out), "--subjects", "30"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "cohort already built" in rerun.stdout  # a rerun skips work already done
