@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fairmonai.errors import FairMonaiError
+from fairmonai.errors import FairMonaiError, located_cause
 
 __all__ = ["main"]
 
@@ -159,9 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FairMonaiError, ValueError, LookupError, ImportError) as exc:
+    except (FairMonaiError, ValueError, LookupError, ImportError, RuntimeError) as exc:
         # input and plugin errors already say where the problem is: print them without a traceback
-        print(f"fairmonai {args.command}: error: {exc}", file=sys.stderr)
+        cause = located_cause(exc)
+        if isinstance(exc, RuntimeError) and cause is exc:
+            raise  # a genuine failure, not bad input: keep the traceback
+        print(f"fairmonai {args.command}: error: {cause}", file=sys.stderr)
         return 2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["FairMonaiError", "InputError", "EmptyGroupError"]
+__all__ = ["FairMonaiError", "InputError", "EmptyGroupError", "located_cause"]
 
 
 class FairMonaiError(Exception):
@@ -38,3 +38,19 @@ class InputError(FairMonaiError, ValueError):
 
 class EmptyGroupError(FairMonaiError, ValueError):
     """A group that must have members (to balance, to reuse its masks, to evaluate) has none."""
+
+
+def located_cause(exc: BaseException) -> BaseException:
+    """The first :class:`InputError` in ``exc``'s cause chain, else ``exc`` itself.
+
+    MONAI's ``Compose`` wraps a transform's exception in ``RuntimeError("applying transform ...")``;
+    the located input error underneath is the one a user needs to read.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return exc
