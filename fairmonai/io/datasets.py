@@ -14,35 +14,52 @@ from typing import Any
 
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
+from torch.utils.data import Dataset as TorchDataset
 
 from fairmonai.cohort import Cohort
 from fairmonai.transforms.cine import CineEDESd, CineNeighbourhoodd, LoadCineSubjectd
 from fairmonai.transforms.image2d import CheckImageMaskShaped, ToGrayscaled
 
-__all__ = ["CACHE_MODES", "cine_transforms", "cine_dataset", "image2d_transforms", "image2d_dataset"]
+__all__ = [
+    "CACHE_MODES",
+    "ExpandedDataset",
+    "cached_dataset",
+    "cine_transforms",
+    "cine_dataset",
+    "image2d_transforms",
+    "image2d_dataset",
+]
 
 CACHE_MODES = ("none", "memory", "disk")
 
 
-def cine_transforms(training: bool, mask_divisor: float | None = None) -> Compose:
+def cine_transforms(
+    training: bool, mask_divisor: float | None = None, image_size: int | None = None, mask_key: str = "mask"
+) -> Compose:
     """Load a subject folder and cut its [ED, ES, ED] sample(s): 9 per subject when training, 1 otherwise."""
     steps: list[Any] = [LoadCineSubjectd(keys=("image",))]
     if training:
         steps.append(CineNeighbourhoodd())
-    steps.append(CineEDESd(mask_divisor=mask_divisor))
+    steps.append(CineEDESd(mask_divisor=mask_divisor, mask_key=mask_key))
+    if image_size is not None:
+        mode = "bilinear" if mask_divisor else "nearest"
+        steps.append(Resized(["image", mask_key], (image_size, image_size), mode=["bilinear", mode]))
     return Compose(steps)
 
 
-def image2d_transforms(image_size: int | None = None, grayscale: bool = True, with_mask: bool = True) -> Compose:
+def image2d_transforms(
+    image_size: int | None = None, grayscale: bool = True, with_mask: bool = True, mask_key: str = "mask"
+) -> Compose:
     """Load a 2D image (PNG, JPEG, ...) and its label mask, check they match, scale to [0, 1], resize.
 
     The mask keeps its integer labels (nearest-neighbour resizing); the image is bilinear.
+    ``mask_key`` is where the mask path is (``"label"`` when the mask is a segmentation target).
     """
-    keys = ["image", "mask"] if with_mask else ["image"]
+    keys = ["image", mask_key] if with_mask else ["image"]
     steps: list[Any] = [
         LoadImaged(keys, reader="PILReader", image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
-        CheckImageMaskShaped(),
+        CheckImageMaskShaped(mask_key=mask_key),
         ScaleIntensityd("image", minv=0.0, maxv=1.0),
     ]
     if grayscale:
@@ -53,9 +70,44 @@ def image2d_transforms(image_size: int | None = None, grayscale: bool = True, wi
     return Compose(steps)
 
 
-def _cached(items: list[dict], transform: Compose, cache: str, cache_dir, num_workers: int, progress: bool) -> Dataset:
+class ExpandedDataset(TorchDataset):
+    """Flattens a dataset whose items are lists of ``k`` samples (e.g. the 9 cine neighbours of a subject).
+
+    Index ``i`` is sample ``i % k`` of item ``i // k``, so samplers and batch sizes count 2D samples,
+    not subjects, and group weights apply per sample (:meth:`record_index` maps back).
+    """
+
+    def __init__(self, base: Dataset, samples_per_item: int) -> None:
+        if samples_per_item < 1:
+            raise ValueError(f"samples_per_item must be >= 1, got {samples_per_item}")
+        self.base = base
+        self.samples_per_item = int(samples_per_item)
+
+    def __len__(self) -> int:
+        return len(self.base) * self.samples_per_item
+
+    def record_index(self, index: int) -> int:
+        return index // self.samples_per_item
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} samples")
+        index %= len(self)
+        samples = self.base[index // self.samples_per_item]
+        if not isinstance(samples, list) or len(samples) != self.samples_per_item:
+            got = len(samples) if isinstance(samples, list) else type(samples).__name__
+            raise ValueError(f"expected a list of {self.samples_per_item} samples per item, got {got}")
+        return samples[index % self.samples_per_item]
+
+
+def cached_dataset(
+    items: list[dict], transform: Compose, cache: str, cache_dir, num_workers: int, progress: bool
+) -> Dataset:
     if cache == "memory":
-        return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=progress)
+        # nothing after the cache modifies samples in place, so the cache need not be deep-copied per access
+        return CacheDataset(
+            items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=progress, copy_cache=False
+        )
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs cache_dir")
@@ -79,7 +131,7 @@ def image2d_dataset(
     items = data.to_datalist() if isinstance(data, Cohort) else list(data)
     with_mask = any("mask" in item for item in items)
     transform = image2d_transforms(image_size, grayscale, with_mask)
-    return _cached(items, transform, cache, cache_dir, num_workers, progress)
+    return cached_dataset(items, transform, cache, cache_dir, num_workers, progress)
 
 
 def cine_dataset(
@@ -104,4 +156,4 @@ def cine_dataset(
         progress: show a progress bar while the memory cache fills.
     """
     items = data.to_datalist() if isinstance(data, Cohort) else list(data)
-    return _cached(items, cine_transforms(training, mask_divisor), cache, cache_dir, num_workers, progress)
+    return cached_dataset(items, cine_transforms(training, mask_divisor), cache, cache_dir, num_workers, progress)

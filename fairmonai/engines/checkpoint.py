@@ -1,0 +1,74 @@
+"""Resume: a training run that stops part-way continues from its last checkpoint when started again."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["latest_checkpoint", "ResumeFromCheckpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> Path | None:
+    """Newest ``<prefix>*.pt`` in ``ckpt_dir`` (by modification time), or None."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted(folder.glob(f"{prefix}*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
+    return found[-1] if found else None
+
+
+class ResumeFromCheckpoint:
+    """Load the newest checkpoint of ``ckpt_dir`` into ``load_dict`` when the trainer starts.
+
+    The checkpoint holds the trainer's own state (epoch, iteration) next to the network, optimiser
+    and scheduler, so ignite continues at the next epoch; ``torch.load(weights_only=True)`` is used
+    because checkpoints are state dicts only. With no checkpoint, training starts from scratch.
+
+    Args:
+        ckpt_dir: where MONAI's ``CheckpointSaver`` writes the resumable checkpoints.
+        load_dict: objects to restore, e.g. ``{"network": net, "optimizer": opt, "trainer": trainer}``.
+        prefix: file name prefix of resumable checkpoints.
+        map_location: as ``torch.load``.
+        enabled: set False to always start from scratch.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        load_dict: dict[str, Any],
+        prefix: str = "checkpoint",
+        map_location: Any = "cpu",
+        enabled: bool = True,
+    ) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = load_dict
+        self.prefix = prefix
+        self.map_location = map_location
+        self.enabled = enabled
+        self.loaded_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.ckpt_dir, self.prefix)
+        if path is None:
+            return
+        from ignite.handlers import Checkpoint
+
+        state = torch.load(path, map_location=self.map_location, weights_only=True)
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=state)
+        if max_epochs is not None:
+            engine.state.max_epochs = max_epochs  # a rerun may ask for more epochs than the first run
+        self.loaded_from = path
+        logger.info("resumed from %s at epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration)

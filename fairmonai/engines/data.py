@@ -1,0 +1,125 @@
+"""From manifests to MONAI datasets for the downstream bundles.
+
+Each datalist item carries what the fairness machinery needs next to the image: ``group`` (the
+integer index of the record's group key, for group-aware losses and samplers), ``attributes``
+(the binned level of every grouping attribute, for per-group metrics) and ``synthetic``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from monai.data import Dataset
+
+from fairmonai.cohort import Cohort, GroupSpec
+from fairmonai.errors import InputError
+from fairmonai.io.datasets import ExpandedDataset, cached_dataset, cine_transforms, image2d_transforms
+from fairmonai.losses.weighted import GROUP_KEY, GroupIndexer
+
+__all__ = ["TASKS", "DATA_KINDS", "load_cohorts", "task_items", "build_dataset", "group_spec"]
+
+TASKS = ("classification", "segmentation")
+DATA_KINDS = ("cine", "image2d")
+SPLITS = ("training", "validation", "test")
+
+
+def group_spec(groups: GroupSpec | Mapping[str, Any] | str) -> GroupSpec:
+    """A GroupSpec from a spec, a config mapping, or a preset name (``cardiac``, ``fundus``, ``dicom``)."""
+    if isinstance(groups, GroupSpec):
+        return groups
+    if isinstance(groups, str):
+        from fairmonai.phantoms import default_groups
+
+        return default_groups(groups)
+    return GroupSpec.from_dict(groups)
+
+
+def load_cohorts(
+    manifest: str | os.PathLike,
+    groups: GroupSpec | Mapping[str, Any] | str,
+    synthetic_manifest: str | os.PathLike | None = None,
+) -> dict[str, Cohort]:
+    """Real cohort split by its ``split`` column, with synthetic records (if any) added to training.
+
+    Synthetic records only ever train: validation and test stay real, as in every one of the papers.
+    """
+    spec = group_spec(groups)
+    real = Cohort.from_manifest(manifest, spec)
+    splits = {name: real.split(name) for name in SPLITS}
+    if not len(splits["training"]):
+        raise InputError("no record has split 'training'", path=manifest, field="split")
+    if synthetic_manifest:
+        synthetic = Cohort.from_manifest(synthetic_manifest, spec)
+        for rec in synthetic:
+            rec.synthetic = True
+        splits["training"] = splits["training"].merge(synthetic)
+    return splits
+
+
+def task_items(cohort: Cohort, indexer: GroupIndexer, task: str = "classification") -> list[dict[str, Any]]:
+    """Datalist items for a task: ``group`` index, per-attribute levels, and the target under ``label``.
+
+    Classification: ``label`` is the record's class index. Segmentation: ``label`` is the mask path
+    and the class label (if any) moves to ``class_label``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    spec = cohort.spec
+    if spec is None:
+        raise ValueError("the cohort needs a GroupSpec")
+    items = []
+    for row, (rec, key) in enumerate(zip(cohort, cohort.keys(), strict=True), start=1):
+        item = rec.to_dict()
+        item[GROUP_KEY] = indexer.index(key)
+        item["attributes"] = dict(zip(spec.key_fields, key, strict=True))
+        if task == "classification":
+            try:
+                item["label"] = int(rec.label)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"label {rec.label!r} is not a class index", path=cohort.source, row=row, field="label"
+                ) from None
+        else:
+            item["class_label"] = item.pop("label", None)
+            if rec.mask is not None:
+                item["label"] = item.pop("mask")
+        items.append(item)
+    return items
+
+
+def build_dataset(
+    items: Sequence[dict[str, Any]],
+    kind: str,
+    *,
+    task: str = "classification",
+    training: bool = False,
+    image_size: int | None = None,
+    grayscale: bool = True,
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Dataset:
+    """MONAI dataset of a datalist: ``cine`` (UK Biobank-style subjects) or ``image2d`` (PNG/JPEG + masks).
+
+    Training on cine expands each subject to its 9 slice/frame neighbours (Skorupko et al. 2.1); the
+    result is flattened (:class:`~fairmonai.io.datasets.ExpandedDataset`) so that one index is one
+    2D sample. ``dataset.samples_per_record`` says how many samples each record gives.
+    """
+    if kind == "cine":
+        # segmentation of cine samples takes the [ED, ES, ED] mask as the target
+        mask_key = "label" if task == "segmentation" else "mask"
+        transform = cine_transforms(training, image_size=image_size, mask_key=mask_key)
+    elif kind == "image2d":
+        with_mask = task == "segmentation" or any("mask" in item for item in items)
+        mask_key = "label" if task == "segmentation" else "mask"
+        transform = image2d_transforms(image_size, grayscale, with_mask, mask_key=mask_key)
+    else:
+        raise ValueError(f"unknown data kind {kind!r}; choose one of {DATA_KINDS}")
+    dataset = cached_dataset(list(items), transform, cache, cache_dir, num_workers, progress)
+    if kind == "cine" and training:
+        dataset = ExpandedDataset(dataset, samples_per_item=9)
+    dataset.samples_per_record = dataset.samples_per_item if isinstance(dataset, ExpandedDataset) else 1
+    return dataset
