@@ -45,6 +45,7 @@ from tqdm import tqdm
 from fairmonai.cohort import Record
 from fairmonai.io.atomic import atomic_path, atomic_write
 from fairmonai.io.manifest import write_manifest
+from fairmonai.phantoms.knobs import validate_fraction_knobs
 
 __all__ = [
     "CARDIAC_BIAS_DEFAULTS",
@@ -90,21 +91,7 @@ _INTENSITY_SCALE = 100.0
 
 
 def _validate_bias(bias: Mapping[str, Any] | None) -> dict[str, float]:
-    knobs = dict(CARDIAC_BIAS_DEFAULTS)
-    if bias is None:
-        return knobs
-    unknown = sorted(set(bias) - set(knobs))
-    if unknown:
-        raise ValueError(f"unknown cardiac bias knob(s) {unknown}; known knobs are {sorted(knobs)}")
-    for name, value in bias.items():
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"cardiac bias knob {name!r} must be a number, got {value!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"cardiac bias knob {name!r} must lie in [0, 1], got {value}")
-        knobs[name] = value
-    return knobs
+    return validate_fraction_knobs(CARDIAC_BIAS_DEFAULTS, bias, "cardiac")
 
 
 def _exact_flags(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray:

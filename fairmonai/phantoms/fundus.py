@@ -36,6 +36,7 @@ from tqdm import tqdm
 from fairmonai.cohort import Record
 from fairmonai.io.atomic import atomic_path, atomic_write
 from fairmonai.io.manifest import write_manifest
+from fairmonai.phantoms.knobs import validate_fraction_knobs
 
 __all__ = ["FUNDUS_BIAS_DEFAULTS", "FUNDUS_LABELS", "RACES", "fundus_attributes", "make_fundus_cohort"]
 
@@ -70,20 +71,7 @@ _NOISE_SIGMA = 0.02
 
 
 def _validate_bias(bias: Mapping[str, Any] | None) -> dict[str, float]:
-    knobs = dict(FUNDUS_BIAS_DEFAULTS)
-    if bias is None:
-        return knobs
-    unknown = sorted(set(bias) - set(knobs))
-    if unknown:
-        raise ValueError(f"unknown fundus bias knob(s) {unknown}; known knobs are {sorted(knobs)}")
-    for name, value in bias.items():
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"fundus bias knob {name!r} must be a number, got {value!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"fundus bias knob {name!r} must lie in [0, 1], got {value}")
-        knobs[name] = value
+    knobs = validate_fraction_knobs(FUNDUS_BIAS_DEFAULTS, bias, "fundus")
     if knobs["asian_fraction"] + knobs["black_fraction"] > 1.0:
         raise ValueError(
             f"asian_fraction + black_fraction must be <= 1, got {knobs['asian_fraction']} + {knobs['black_fraction']}"
