@@ -1,0 +1,838 @@
+"""Fair optic cup / rim segmentation: networks, per-group Dice/IoU with ES-Dice/ES-IoU, and writers.
+
+The evaluation follows FairSeg (Tian et al., ICLR 2024) and FairDiff (Li et al., MICCAI 2024, section
+3.3) on Harvard-FairSeg: the network labels every pixel 0 background, 1 rim (disc minus cup), 2 cup;
+Dice and IoU are computed per image for the cup, the rim (and the disc = rim + cup), averaged over
+images overall (``M``) and within each group of a sensitive attribute (``M_g``), and summarised by
+the equity-scaled metric of DESIGN section 7 (:func:`fairmonai.metrics.fairness.equity_scaled`):
+
+* FairSeg: ``ES = M / (1 + sum_g |M_g - M|)`` (``variant="sum_abs"``);
+* FairDiff, Eq. 7 (ESSP) as in its Tables 2-5: ``ES = M / (1 + stdev_g(M_g))`` (``variant="stdev"``, ddof 1);
+* FairDiff, Eq. 1: ``Fairness = - sum_attributes Var_g(M_g)``.
+
+Each attribute is evaluated over its own groups (race: Asian / Black / White; sex; ethnicity), as in
+FairDiff's one-table-per-attribute reporting, not over intersectional groups.
+
+:class:`SegmentationFairnessHandler` collects the per-image values on an evaluator (gathered across
+ranks under ``torch.distributed``), puts scalar summaries in ``engine.state.metrics`` (for
+``CheckpointSaver``'s key metric, ``StatsHandler`` and ``TensorBoardStatsHandler``) and keeps the full
+table for :class:`SegmentationReportSaver` (metrics JSON, per-group CSV, per-image CSV).
+:class:`MaskWriter` writes predicted masks as PNG files (atomically) plus a predictions manifest.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from torch import nn
+
+from fairmonai.errors import InputError
+from fairmonai.io.atomic import atomic_path, atomic_write
+from fairmonai.losses.weighted import GROUP_KEY
+from fairmonai.metrics.fairness import (
+    dice_per_sample,
+    equity_scaled,
+    fairdiff_fairness_from_values,
+    iou_per_sample,
+)
+
+__all__ = [
+    "NETWORKS",
+    "FUNDUS_CLASSES",
+    "KEY_CLASSES",
+    "ES_VARIANTS",
+    "build_segmenter",
+    "find_bundle_root",
+    "as_bool",
+    "require",
+    "segmentation_items",
+    "summarise_segmentation",
+    "SegmentationFairnessHandler",
+    "SegmentationReportSaver",
+    "write_metrics_json",
+    "write_group_csv",
+    "write_sample_csv",
+    "MaskWriter",
+    "TrainingHistory",
+    "KeepLatestCheckpoint",
+    "KeyMetricState",
+]
+
+logger = logging.getLogger(__name__)
+
+NETWORKS = ("unet", "swinunetr")
+#: FairSeg / FairDiff classes of the fundus masks: name -> label value(s); the disc is rim + cup
+FUNDUS_CLASSES: dict[str, int | tuple[int, ...]] = {"rim": 1, "cup": 2, "disc": (1, 2)}
+#: classes FairDiff reports (Tables 2-5) and the bundle's summary metrics average over
+KEY_CLASSES = ("rim", "cup")
+ES_VARIANTS = ("sum_abs", "stdev")
+_KINDS = ("dice", "iou")
+
+
+# ================================================================================================ networks
+def build_segmenter(
+    name: str = "unet",
+    in_channels: int = 1,
+    out_channels: int = 3,
+    image_size: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A 2D MONAI segmentation network with small CPU-friendly defaults.
+
+    * ``unet``: :class:`monai.networks.nets.UNet`, channels (16, 32, 64, 128), strides (2, 2, 2),
+      2 residual units per level (FairSeg's own baselines are TransUNet / SAMed; MONAI's UNet is the
+      dependency-free default here). ``image_size`` must be divisible by the product of the strides.
+    * ``swinunetr``: :class:`monai.networks.nets.SwinUNETR` (2D, ``feature_size`` 12 by default; MONAI
+      1.6 no longer takes ``img_size``); ``image_size`` must be divisible by 32.
+
+    Args:
+        name: ``"unet"`` or ``"swinunetr"``.
+        in_channels: image channels (1 for grey SLO fundus images).
+        out_channels: classes including background (3: background, rim, cup).
+        image_size: side of the square network input, only used to check divisibility.
+        options, kwargs: constructor arguments that replace the defaults (e.g. ``channels``, ``feature_size``).
+    """
+    params = {**dict(options or {}), **kwargs}
+    name = str(name).lower()
+    if name == "unet":
+        from monai.networks.nets import UNet
+
+        args: dict[str, Any] = {
+            "spatial_dims": 2,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "channels": (16, 32, 64, 128),
+            "strides": (2, 2, 2),
+            "num_res_units": 2,
+        }
+        args.update(params)
+        factor = int(np.prod([s if isinstance(s, int) else max(s) for s in args["strides"]]))
+        if image_size is not None and int(image_size) % factor:
+            raise ValueError(f"image_size {image_size} must be divisible by {factor} (the product of the UNet strides)")
+        return UNet(**args)
+    if name == "swinunetr":
+        from monai.networks.nets import SwinUNETR
+
+        args = {"spatial_dims": 2, "in_channels": in_channels, "out_channels": out_channels, "feature_size": 12}
+        args.update(params)
+        if image_size is not None and int(image_size) % 32:
+            raise ValueError(f"image_size {image_size} must be divisible by 32 for SwinUNETR")
+        return SwinUNETR(**args)
+    raise ValueError(f"unknown network {name!r}; choose one of {NETWORKS}")
+
+
+# ============================================================================================ bundle helpers
+def _root_of_config(config_file: str | os.PathLike) -> Path:
+    folder = Path(config_file).resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
+def find_bundle_root(default: str | os.PathLike | None = None) -> str:
+    """The root folder of the bundle being run, from the location of its config files.
+
+    ``monai.bundle``'s ``ConfigWorkflow`` knows where its configs are (``config_root_path``) but
+    exposes no ``bundle_root`` to the config, and model-zoo bundles default to ``"."`` (the working
+    directory). This looks, in order, for a ``ConfigWorkflow`` up the call stack (``python -m
+    monai.bundle run`` and ``monai.bundle.create_workflow``), then for ``--config_file`` on the command
+    line, then falls back to ``default`` (or the working directory). ``--bundle_root`` overrides it.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        root = getattr(owner, "config_root_path", None)
+        if isinstance(root, Path) and type(owner).__name__.endswith("Workflow"):
+            return str(root.resolve().parent if root.name == "configs" else root.resolve())
+        frame = frame.f_back
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value:
+            if value.strip().startswith("["):
+                try:
+                    value = ast.literal_eval(value)[0]
+                except (ValueError, SyntaxError, IndexError):
+                    continue
+            return str(_root_of_config(value))
+    return str(Path(default).resolve() if default is not None else Path.cwd())
+
+
+def as_bool(value: Any) -> bool:
+    """A command-line flag as a bool: ``--amp true`` arrives as the string ``"true"`` (python-fire keeps
+    lower-case words as strings), which plain ``bool()`` would read as True even for ``"false"``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "y", "on"):
+            return True
+        if text in ("0", "false", "no", "n", "off", "none", "null", ""):
+            return False
+        raise ValueError(f"cannot read {value!r} as true/false")
+    return bool(value)
+
+
+def require(value: Any, name: str, hint: str = "") -> Any:
+    """``value`` unless it is None or empty: then a clear error naming the missing bundle setting."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"the bundle setting {name!r} is required{': ' + hint if hint else ''}")
+    return value
+
+
+def segmentation_items(
+    cohort: Any, indexer: Any, attributes: Sequence[str] | None = None, keep: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Datalist items for segmentation with uniform keys: ``id, image, label (mask), group, attributes``.
+
+    Built on :func:`fairmonai.engines.data.task_items` (``task="segmentation"``). Every item keeps only
+    the keys the pipeline uses, so real and synthetic records (whose manifests may have different
+    columns) collate together. ``attributes`` maps each grouping attribute of the cohort's spec to the
+    record's level; ``attributes=`` adds further manifest attributes to evaluate by (e.g. ``sex``,
+    ``ethnicity``), read from the record as strings.
+    """
+    from fairmonai.engines.data import task_items
+
+    extra = [a for a in (attributes or ()) if a not in (cohort.spec.key_fields if cohort.spec else ())]
+    items = []
+    for row, (rec, item) in enumerate(
+        zip(cohort, task_items(cohort, indexer, task="segmentation"), strict=True), start=1
+    ):
+        if "label" not in item:
+            raise InputError("record has no mask to segment", path=cohort.source, row=row, field="mask")
+        levels = dict(item["attributes"])
+        for name in extra:
+            value = rec.attributes.get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "":
+                raise InputError(
+                    f"record {rec.id!r} has no value for the evaluation attribute {name!r}",
+                    path=cohort.source,
+                    row=row,
+                    field=name,
+                )
+            levels[name] = str(value)
+        out = {
+            "id": str(item["id"]),
+            "image": item["image"],
+            "label": item["label"],
+            GROUP_KEY: item[GROUP_KEY],
+            "attributes": levels,
+            "synthetic": bool(item.get("synthetic", False)),
+        }
+        out.update({k: item[k] for k in keep if k in item})
+        items.append(out)
+    return items
+
+
+# ================================================================================================ metrics
+def _mean(values: Sequence[float]) -> float:
+    vals = [float(v) for v in values if not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _safe(name: Any) -> str:
+    """Metric-name-safe form of a level or attribute (``"Non-Hispanic"`` -> ``"Non-Hispanic"``, spaces -> _)."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "none"
+
+
+def summarise_segmentation(
+    rows: Sequence[Mapping[str, Any]],
+    classes: Sequence[str],
+    *,
+    attributes: Sequence[str] | None = None,
+    key_classes: Sequence[str] = KEY_CLASSES,
+    es_variant: str = "stdev",
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Overall, per-group and equity-scaled Dice / IoU from per-image rows.
+
+    Args:
+        rows: one mapping per image: ``{"id", "attributes": {attr: level}, "dice": {class: v},
+            "iou": {class: v}}``.
+        classes: class names present in the rows (e.g. rim, cup, disc).
+        attributes: attributes to evaluate by (default: every attribute of the rows except ``label``).
+        key_classes: classes averaged by ``mean_dice`` / ``mean_iou`` / ``es_dice`` / ``es_iou``.
+        es_variant: the variant behind the short names (``es_dice_cup_race``, ``es_dice``); both
+            variants are always computed under their long names.
+
+    Returns:
+        ``(scalars, table)``: flat ``{metric name: float}`` for ``engine.state.metrics`` and the nested
+        table the writers use. Metric names (``c`` class, ``a`` attribute, ``g`` group level):
+
+        ``n_images``; ``dice_c``, ``iou_c``, ``mean_dice``, ``mean_iou`` (overall, ``M``);
+        ``dice_c_a_g``, ``iou_c_a_g`` (``M_g``); ``dice_gap_c_a`` (max - min group) and ``worst_dice_c_a``;
+        ``es_dice_c_a_sum_abs`` (FairSeg), ``es_dice_c_a_stdev`` (FairDiff Eq. 7), ``es_dice_c_a``
+        (= ``es_variant``), same for IoU; ``es_dice`` / ``es_iou`` (mean of ``es_*_c_a`` over key
+        classes and attributes); ``fairness_dice_c`` / ``fairness_iou_c`` (FairDiff Eq. 1).
+    """
+    if es_variant not in ES_VARIANTS:
+        raise ValueError(f"es_variant must be one of {ES_VARIANTS}, got {es_variant!r}")
+    if not rows:
+        raise ValueError("no image was evaluated: the evaluation set is empty")
+    classes = list(classes)
+    missing = [c for c in key_classes if c not in classes]
+    if missing:
+        raise ValueError(f"key classes {missing} are not among the evaluated classes {classes}")
+    if attributes is None:
+        seen: dict[str, None] = {}
+        for r in rows:
+            seen.update(dict.fromkeys(k for k in r["attributes"] if k != "label"))
+        attributes = list(seen)
+    scalars: dict[str, float] = {"n_images": float(len(rows))}
+    table: dict[str, Any] = {
+        "n": len(rows),
+        "classes": classes,
+        "key_classes": list(key_classes),
+        "es_variant": es_variant,
+        "overall": {},
+        "attributes": {},
+        "fairdiff_fairness": {},
+    }
+    for kind in _KINDS:
+        table["overall"][kind] = {c: _mean([r[kind][c] for r in rows]) for c in classes}
+        for c in classes:
+            scalars[f"{kind}_{c}"] = table["overall"][kind][c]
+        scalars[f"mean_{kind}"] = _mean([table["overall"][kind][c] for c in key_classes])
+    table["overall"]["mean_dice"] = scalars["mean_dice"]
+    table["overall"]["mean_iou"] = scalars["mean_iou"]
+
+    es_short: dict[str, list[float]] = {kind: [] for kind in _KINDS}
+    for attr in attributes:
+        levels: dict[str, list[Mapping[str, Any]]] = {}
+        for r in rows:
+            if attr not in r["attributes"]:
+                raise ValueError(f"image {r.get('id')!r} has no level for attribute {attr!r}")
+            levels.setdefault(str(r["attributes"][attr]), []).append(r)
+        groups = {
+            level: {
+                "n": len(members),
+                **{kind: {c: _mean([m[kind][c] for m in members]) for c in classes} for kind in _KINDS},
+            }
+            for level, members in sorted(levels.items())
+        }
+        entry: dict[str, Any] = {"groups": groups, "worst_group": {}, "gap": {}}
+        for kind in _KINDS:
+            entry[f"es_{kind}"] = {}
+            for variant in ES_VARIANTS:
+                entry[f"es_{kind}"][variant] = {
+                    c: equity_scaled(table["overall"][kind][c], [g[kind][c] for g in groups.values()], variant)
+                    for c in classes
+                }
+            entry["worst_group"][kind] = {}
+            entry["gap"][kind] = {}
+            for c in classes:
+                by_level = {lvl: g[kind][c] for lvl, g in groups.items() if not math.isnan(g[kind][c])}
+                if not by_level:
+                    continue
+                worst = min(by_level, key=by_level.get)  # type: ignore[arg-type]
+                entry["worst_group"][kind][c] = worst
+                entry["gap"][kind][c] = max(by_level.values()) - by_level[worst]
+                a, cc = _safe(attr), c
+                for lvl, value in by_level.items():
+                    scalars[f"{kind}_{cc}_{a}_{_safe(lvl)}"] = value
+                scalars[f"{kind}_gap_{cc}_{a}"] = entry["gap"][kind][c]
+                scalars[f"worst_{kind}_{cc}_{a}"] = by_level[worst]
+                for variant in ES_VARIANTS:
+                    scalars[f"es_{kind}_{cc}_{a}_{variant}"] = entry[f"es_{kind}"][variant][c]
+                scalars[f"es_{kind}_{cc}_{a}"] = entry[f"es_{kind}"][es_variant][c]
+                if c in key_classes:
+                    es_short[kind].append(entry[f"es_{kind}"][es_variant][c])
+        table["attributes"][attr] = entry
+    for kind in _KINDS:
+        table["fairdiff_fairness"][kind] = {}
+        for c in classes:
+            per_attr = {attr: [g[kind][c] for g in table["attributes"][attr]["groups"].values()] for attr in attributes}
+            value = fairdiff_fairness_from_values(per_attr) if per_attr else 0.0
+            table["fairdiff_fairness"][kind][c] = value
+            scalars[f"fairness_{kind}_{c}"] = value
+        # with no attribute to evaluate by, ES = M (no spread): the key metric still exists
+        scalars[f"es_{kind}"] = _mean(es_short[kind]) if es_short[kind] else scalars[f"mean_{kind}"]
+    table["es_dice"], table["es_iou"] = scalars["es_dice"], scalars["es_iou"]
+    table["attributes_evaluated"] = list(attributes)
+    return scalars, table
+
+
+def _to_batch(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return torch.stack(list(value))
+    raise TypeError(f"cannot form a batch of {what} from {type(value).__name__}")
+
+
+def _output_pred_label(engine: Engine) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = engine.state.output
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):  # decollated
+        pred = _to_batch([o["pred"] for o in out], "predictions")
+        labels = [o.get("label") for o in out]
+        label = None if any(v is None for v in labels) else _to_batch(labels, "labels")
+        return pred, label
+    if isinstance(out, Mapping):
+        return _to_batch(out["pred"], "predictions"), out.get("label")
+    raise TypeError(f"engine.state.output is a {type(out).__name__}; expected MONAI's dict with 'pred'/'label'")
+
+
+def _batch_list(batch: Any, key: str, n: int) -> list[Any]:
+    """Per-sample values of ``batch[key]`` for a collated (dict of lists) or decollated (list of dicts) batch."""
+    if isinstance(batch, (list, tuple)):
+        return [b.get(key) for b in batch]
+    value = batch.get(key) if isinstance(batch, Mapping) else None
+    if value is None:
+        return [None] * n
+    if isinstance(value, torch.Tensor):
+        return value.reshape(n, -1)[:, 0].tolist() if value.numel() >= n else [value.item()] * n
+    if isinstance(value, Mapping):  # collated dict of lists -> per-sample dicts
+        return [{k: _batch_list(value, k, n)[i] for k in value} for i in range(n)]
+    return list(value)
+
+
+def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All ranks' rows (rank order), de-duplicated by id (padded distributed samplers repeat samples)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+    seen: set[Any] = set()
+    unique = []
+    for r in rows:
+        key = r.get("id")
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        unique.append(r)
+    return unique
+
+
+class SegmentationFairnessHandler:
+    """Per-image Dice / IoU per class and per group on an evaluator; ES-Dice / ES-IoU at the end of the run.
+
+    Every iteration, the logits (``engine.state.output["pred"]``, ``(B, C, H, W)``) are arg-maxed and
+    compared with the label maps (``(B, 1, H, W)``, values 0..C-1) by
+    :func:`~fairmonai.metrics.fairness.dice_per_sample` / ``iou_per_sample`` for every class (rim,
+    cup and disc = rim + cup); the batch's ``attributes`` (dict attribute -> level per sample) and
+    ``id`` are recorded with them. At ``EPOCH_COMPLETED`` (before handlers attached later, such as
+    ``CheckpointSaver``, read the metrics) the rows of all ranks are gathered and
+    :func:`summarise_segmentation` fills ``engine.state.metrics``; :attr:`table` and :attr:`rows` keep
+    everything for writers.
+
+    Args:
+        classes: class name -> label value(s) (default :data:`FUNDUS_CLASSES`).
+        attributes: attributes to evaluate by; default every attribute of the batches except ``label``.
+        key_classes: classes behind ``mean_dice`` / ``es_dice`` (default rim and cup, as FairDiff reports).
+        es_variant: ``"stdev"`` (FairDiff, default) or ``"sum_abs"`` (FairSeg) for the short ES names.
+        empty_value: Dice / IoU when prediction and label are both empty for a class.
+        output_transform: ``engine -> (logits, labels)``; default reads MONAI's ``pred`` / ``label``.
+        prefix: prepended to every metric name (e.g. ``"val_"``).
+    """
+
+    def __init__(
+        self,
+        classes: Mapping[str, Any] = FUNDUS_CLASSES,
+        attributes: Sequence[str] | None = None,
+        key_classes: Sequence[str] = KEY_CLASSES,
+        es_variant: str = "stdev",
+        empty_value: float = 1.0,
+        output_transform: Callable[[Engine], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        prefix: str = "",
+    ) -> None:
+        if es_variant not in ES_VARIANTS:
+            raise ValueError(f"es_variant must be one of {ES_VARIANTS}, got {es_variant!r}")
+        self.classes = dict(classes)
+        missing = [c for c in key_classes if c not in self.classes]
+        if missing:
+            raise ValueError(f"key classes {missing} are not among the classes {list(self.classes)}")
+        self.attributes = None if attributes is None else list(attributes)
+        self.key_classes = tuple(key_classes)
+        self.es_variant = es_variant
+        self.empty_value = float(empty_value)
+        self.output_transform = output_transform or _output_pred_label
+        self.prefix = prefix
+        self.rows: list[dict[str, Any]] = []
+        self.metrics: dict[str, float] = {}
+        self.table: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows = []
+
+    def accumulate(self, engine: Engine) -> None:
+        pred, label = self.output_transform(engine)
+        if label is None:
+            raise ValueError("SegmentationFairnessHandler needs labels (masks) in the evaluator's output")
+        self.add(pred, label, engine.state.batch)
+
+    def add(self, pred: torch.Tensor, label: torch.Tensor, batch: Any) -> None:
+        """Record one batch: logits ``(B, C, *S)``, labels ``(B, 1, *S)`` / ``(B, *S)``, and its batch dict."""
+        pred = torch.as_tensor(pred).detach()
+        label = torch.as_tensor(label).detach()
+        if pred.dim() < 3:
+            raise ValueError(f"pred must be logits shaped (B, C, *spatial), got {tuple(pred.shape)}")
+        labels = pred.argmax(dim=1).cpu().numpy()
+        truth = (label[:, 0] if label.dim() == pred.dim() else label).cpu().numpy()
+        truth = np.rint(truth).astype(np.int64)
+        n = labels.shape[0]
+        dice = dice_per_sample(labels, truth, classes=self.classes, empty_value=self.empty_value)
+        iou = iou_per_sample(labels, truth, classes=self.classes, empty_value=self.empty_value)
+        ids = _batch_list(batch, "id", n)
+        attrs = _batch_list(batch, "attributes", n)
+        for i in range(n):
+            levels = dict(attrs[i] or {})
+            if self.attributes is not None:
+                for a in self.attributes:
+                    if a not in levels:
+                        flat = _batch_list(batch, a, n)[i]
+                        if flat is None:
+                            raise KeyError(f"the batch has no level of attribute {a!r} for sample {ids[i]!r}")
+                        levels[a] = flat
+            self.rows.append(
+                {
+                    "id": None if ids[i] is None else str(ids[i]),
+                    "attributes": {str(k): str(v) for k, v in levels.items()},
+                    "dice": {c: float(dice[c][i]) for c in self.classes},
+                    "iou": {c: float(iou[c][i]) for c in self.classes},
+                }
+            )
+
+    def compute(self) -> dict[str, float]:
+        """Gather the rows of all ranks and summarise them (also sets :attr:`metrics` and :attr:`table`)."""
+        self.rows = _gather_rows(self.rows)
+        scalars, self.table = summarise_segmentation(
+            self.rows,
+            list(self.classes),
+            attributes=self.attributes,
+            key_classes=self.key_classes,
+            es_variant=self.es_variant,
+        )
+        self.metrics = {f"{self.prefix}{k}": v for k, v in scalars.items()}
+        return self.metrics
+
+    def complete(self, engine: Engine) -> None:
+        engine.state.metrics.update(self.compute())
+
+
+# ================================================================================================ writers
+_GROUP_COLUMNS = ("attribute", "group", "n")
+
+
+def write_metrics_json(
+    table: Mapping[str, Any],
+    path: str | os.PathLike,
+    info: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Write the evaluation table as JSON, atomically, with run information and the flat metric names.
+
+    ``metrics`` (the scalars of :func:`summarise_segmentation`, as logged to TensorBoard) go under
+    ``"metrics"``; the table's nested entries follow at the top level.
+    """
+    path = Path(path)
+    payload = {"info": dict(info or {}), "metrics": dict(metrics or {}), **table}
+    with atomic_write(path, encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, default=str, allow_nan=True)
+    return path
+
+
+def write_group_csv(table: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Per-group CSV: one row per (attribute, group) plus an ``overall, all`` row; Dice / IoU per class.
+
+    Values are written at full precision so that ES values can be recomputed exactly from the file.
+    """
+    classes = list(table["classes"])
+    columns = [*_GROUP_COLUMNS, *(f"{kind}_{c}" for kind in _KINDS for c in classes)]
+    rows = [{"attribute": "overall", "group": "all", "n": table["n"]}]
+    rows[0].update({f"{kind}_{c}": table["overall"][kind][c] for kind in _KINDS for c in classes})
+    for attr, entry in table["attributes"].items():
+        for level, g in entry["groups"].items():
+            row = {"attribute": attr, "group": level, "n": g["n"]}
+            row.update({f"{kind}_{c}": g[kind][c] for kind in _KINDS for c in classes})
+            rows.append(row)
+    with atomic_write(path, newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    return Path(path)
+
+
+def write_sample_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Per-image CSV: id, attribute levels, Dice and IoU per class."""
+    attrs: list[str] = []
+    classes: list[str] = []
+    for r in rows:
+        attrs += [a for a in r["attributes"] if a not in attrs]
+        classes += [c for c in r["dice"] if c not in classes]
+    columns = ["id", *attrs, *(f"{kind}_{c}" for kind in _KINDS for c in classes)]
+    with atomic_write(path, newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            out = {"id": r.get("id"), **r["attributes"]}
+            out.update({f"{kind}_{c}": repr(float(r[kind][c])) for kind in _KINDS for c in classes})
+            writer.writerow(out)
+    return Path(path)
+
+
+class SegmentationReportSaver:
+    """At the evaluator's ``COMPLETED``, write the fairness table of a :class:`SegmentationFairnessHandler`.
+
+    Files (each written atomically; ``None`` skips one): metrics JSON (overall / per-group Dice and
+    IoU, ES-Dice and ES-IoU in both variants, worst group and gap, FairDiff fairness), per-group CSV
+    and per-image CSV. Attach on rank 0 only in distributed runs (the handler has gathered all ranks).
+    """
+
+    def __init__(
+        self,
+        fairness: SegmentationFairnessHandler,
+        metrics_file: str | os.PathLike | None,
+        groups_file: str | os.PathLike | None = None,
+        samples_file: str | os.PathLike | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.fairness = fairness
+        self.metrics_file = metrics_file
+        self.groups_file = groups_file
+        self.samples_file = samples_file
+        self.info = dict(info or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        table = self.fairness.table
+        if not table:
+            raise RuntimeError("the fairness handler has no results: was it attached to the same evaluator?")
+        if self.metrics_file:
+            write_metrics_json(table, self.metrics_file, self.info, self.fairness.metrics)
+        if self.groups_file:
+            write_group_csv(table, self.groups_file)
+        if self.samples_file:
+            write_sample_csv(self.fairness.rows, self.samples_file)
+        logger.info("segmentation fairness report written to %s", self.metrics_file or self.groups_file)
+
+
+class MaskWriter:
+    """Writes the predicted label map of every image as a PNG (atomically) and a predictions manifest.
+
+    Logits are resized back to the image's original size (bilinear) before the arg-max, so the mask
+    matches the input file pixel for pixel; labels are written as uint8 (0 background, 1 rim, 2 cup).
+    MONAI's ``PILReader`` loads 2D images transposed (``reverse_indexing``), so the map is transposed
+    back (``transpose=True``) before writing. At ``COMPLETED`` the predictions manifest lists every
+    record with ``mask`` replaced by its predicted mask (a manifest that :func:`~fairmonai.io.manifest.read_manifest`
+    reads back); without ``records`` it has the columns ``id, image, mask``.
+
+    Args:
+        output_dir: folder for ``<id>.png``.
+        manifest_file: predictions manifest (``.csv`` or ``.json``); None writes none.
+        records: the input :class:`~fairmonai.cohort.Record` objects, matched by ``id``.
+        transpose: undo ``PILReader``'s transposition.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        manifest_file: str | os.PathLike | None = None,
+        records: Sequence[Any] | None = None,
+        transpose: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.manifest_file = manifest_file
+        self.records = {str(r.id): r for r in records} if records is not None else None
+        self.transpose = transpose
+        self.written: list[dict[str, str]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
+        engine.add_event_handler(Events.COMPLETED, self.write_manifest)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.written = []
+
+    def write_batch(self, engine: Engine) -> None:
+        from monai.data import decollate_batch
+
+        pred, _ = _output_pred_label(engine)
+        batch = engine.state.batch
+        samples = decollate_batch(batch, detach=True) if isinstance(batch, Mapping) else list(batch)
+        for logits, sample in zip(pred.detach(), samples, strict=True):
+            image = sample["image"]
+            meta = getattr(image, "meta", None) or sample.get("image_meta_dict") or {}
+            shape = meta.get("spatial_shape")
+            size = tuple(int(s) for s in np.asarray(shape).reshape(-1)) if shape is not None else None
+            self.write(str(sample.get("id")), logits, size, source=meta.get("filename_or_obj", sample.get("image")))
+
+    def write(self, sample_id: str, logits: torch.Tensor, size: tuple[int, ...] | None, source: Any = None) -> Path:
+        """Write one prediction; ``logits`` ``(C, *S)`` are resized to ``size`` (original spatial shape)."""
+        logits = torch.as_tensor(logits).float()
+        if size is not None and tuple(logits.shape[1:]) != tuple(size):
+            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+        labels = logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
+        if self.transpose:
+            labels = labels.T
+        from PIL import Image
+
+        if not sample_id or sample_id == "None":
+            sample_id = Path(str(source)).stem
+        path = self.output_dir / f"{_safe(sample_id)}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(labels), mode="L").save(tmp, format="PNG")
+        self.written.append({"id": sample_id, "image": str(source) if source is not None else "", "mask": str(path)})
+        return path
+
+    def write_manifest(self, engine: Engine | None = None) -> Path | None:
+        if not self.manifest_file:
+            return None
+        from fairmonai.cohort import Record
+        from fairmonai.io.manifest import write_manifest
+
+        out = []
+        for row in self.written:
+            rec = self.records.get(row["id"]) if self.records is not None else None
+            if rec is None:
+                rec = Record(id=row["id"], image=row["image"])
+            out.append(replace(rec, mask=row["mask"]))
+        path = write_manifest(out, self.manifest_file)
+        logger.info("%d predicted masks written; manifest %s", len(out), path)
+        return path
+
+
+# ============================================================================================ training
+class TrainingHistory:
+    """Per-epoch training loss and validation metrics in ``history.json`` (rewritten atomically each epoch).
+
+    ``train_loss`` is the mean of the iteration losses of the epoch (this rank's); validation metrics
+    are copied from ``evaluator.state.metrics`` when the evaluator ran in that epoch. A resumed run
+    keeps the epochs before its starting epoch. Attach to the trainer after the ``ValidationHandler``.
+    """
+
+    def __init__(self, path: str | os.PathLike, evaluator: Engine | None = None, metrics: Sequence[str] | None = None):
+        self.path = Path(path)
+        self.evaluator = evaluator
+        self.metrics = None if metrics is None else list(metrics)
+        self.epochs: list[dict[str, Any]] = []
+        self._losses: list[float] = []
+        self._evaluated_epoch = -1
+        self._loaded = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self._evaluated)
+
+    def _evaluated(self, evaluator: Engine) -> None:
+        self._evaluated_epoch = evaluator.state.epoch
+
+    def started(self, engine: Engine) -> None:
+        self.epochs = []
+        self._loaded = False
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._losses = []
+        if not self._loaded:  # here, not at STARTED: a resumed trainer knows its epoch only after loading
+            self._loaded = True
+            if self.path.is_file():
+                try:
+                    previous = json.loads(self.path.read_text(encoding="utf-8")).get("epochs", [])
+                except (OSError, ValueError):
+                    previous = []
+                self.epochs = [e for e in previous if int(e.get("epoch", 0)) < engine.state.epoch]
+
+    def iteration_completed(self, engine: Engine) -> None:
+        out = engine.state.output
+        if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
+            out = out[0]
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if loss is not None:
+            self._losses.append(float(torch.as_tensor(loss).detach().float().mean()))
+
+    def epoch_completed(self, engine: Engine) -> None:
+        entry: dict[str, Any] = {
+            "epoch": engine.state.epoch,
+            "iterations": len(self._losses),
+            "train_loss": _mean(self._losses) if self._losses else None,
+        }
+        if self.evaluator is not None and self._evaluated_epoch == engine.state.epoch:
+            names = self.metrics if self.metrics is not None else list(self.evaluator.state.metrics)
+            for name in names:
+                value = self.evaluator.state.metrics.get(name)
+                if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+                    entry[name] = float(value)
+        self.epochs = [e for e in self.epochs if e.get("epoch") != entry["epoch"]] + [entry]
+        with atomic_write(self.path, encoding="utf-8") as f:
+            json.dump({"epochs": self.epochs}, f, indent=1)
+
+
+class KeepLatestCheckpoint:
+    """Deletes resumable checkpoints other than the newest after each save (rank 0, after ``CheckpointSaver``).
+
+    ``CheckpointSaver(n_saved=1)`` keeps one file within a run, but a resumed run starts with a new
+    saver that does not know the previous run's file; this keeps exactly one ``<prefix>*.pt``. The
+    newest is the highest number in the name (``checkpoint_epoch=12.pt``), then the newest file.
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, prefix: str = "checkpoint", keep: int = 1) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.prefix = prefix
+        self.keep = int(keep)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    @staticmethod
+    def _order(path: Path) -> tuple[int, int, str]:
+        numbers = re.findall(r"=(\d+)", path.stem)
+        return (int(numbers[-1]) if numbers else -1, path.stat().st_mtime_ns, path.name)
+
+    def __call__(self, engine: Engine | None = None) -> list[Path]:
+        found = sorted(self.ckpt_dir.glob(f"{self.prefix}*.pt"), key=self._order)
+        removed = found[: max(0, len(found) - self.keep)]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
+
+
+class KeyMetricState:
+    """State of a ``CheckpointSaver``'s best-model tracking, so that a resumed run keeps the best score.
+
+    Put it in the resumable checkpoint's ``save_dict`` (and ``ResumeFromCheckpoint``'s load dict):
+    without it the resumed saver would overwrite ``model.pt`` at its first validation, even with a
+    worse score. MONAI's ``CheckpointSaver.load_state_dict`` restores it; the saved state is its
+    key-metric ``ignite.handlers.Checkpoint`` state (best scores and file names).
+    """
+
+    def __init__(self, saver: Any) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        inner = getattr(self.saver, "_key_metric_checkpoint", None)
+        return dict(inner.state_dict()) if inner is not None else {"_saved": []}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if getattr(self.saver, "_key_metric_checkpoint", None) is not None:
+            self.saver.load_state_dict(dict(state))
