@@ -115,8 +115,11 @@ def test_cardiac_cycle_and_ejection_fraction(cohort_dir, rows):
 
 def test_heart_failure_phenotype_differs_by_age(cohort_dir, rows):
     stats = _measure(cohort_dir, rows)
-    young = [s for s, r in zip(stats, rows, strict=True) if r["label"] == "1" and int(r["age"]) < 60]
-    old = [s for s, r in zip(stats, rows, strict=True) if r["label"] == "1" and int(r["age"]) >= 60]
+    # the age-dependent phenotypes are those of men with BMI >= 25 (women and normal BMI: subtle)
+    plain = [(s, r) for s, r in zip(stats, rows, strict=True) if r["label"] == "1" and r["sex"] == "M"]
+    plain = [(s, r) for s, r in plain if float(r["bmi"]) >= 25]
+    young = [s for s, r in plain if int(r["age"]) < 60]
+    old = [s for s, r in plain if int(r["age"]) >= 60]
     assert len(young) >= 3 and len(old) >= 3
     # young HF: dilated cavity (dilated cardiomyopathy); old HF: hypertrophic, non-dilated
     assert np.mean([s["cavity"] for s in young]) > 1.3 * np.mean([s["cavity"] for s in old])
@@ -125,6 +128,21 @@ def test_heart_failure_phenotype_differs_by_age(cohort_dir, rows):
     ef_young = np.mean([(s["edv"] - s["esv"]) / s["edv"] for s in young])
     ef_old = np.mean([(s["edv"] - s["esv"]) / s["edv"] for s in old])
     assert ef_young < ef_old
+
+
+def test_women_and_normal_bmi_heart_failure_is_subtle(cohort_dir, rows):
+    """The paper's worst groups: their heart failure lacks the majority's cues, EF only mildly reduced."""
+    stats = _measure(cohort_dir, rows)
+    ef = np.array([(s["edv"] - s["esv"]) / s["edv"] for s in stats])
+    hf = np.array([r["label"] == "1" for r in rows])
+    minority = np.array([r["sex"] == "F" or float(r["bmi"]) < 25 for r in rows])
+    assert (hf & minority).sum() >= 3 and (hf & ~minority).sum() >= 3
+    healthy_ef, subtle_ef, plain_ef = ef[~hf].mean(), ef[hf & minority].mean(), ef[hf & ~minority].mean()
+    assert plain_ef < subtle_ef < healthy_ef
+    assert healthy_ef - subtle_ef < 0.15  # overlaps the healthy range
+    wall = np.array([s["myo"] / (s["myo"] + s["cavity"]) for s in stats])
+    old = np.array([int(r["age"]) >= 60 for r in rows])
+    assert wall[hf & ~minority & old].mean() > wall[hf & minority & old].mean()  # no hypertrophy
 
 
 def test_pericardial_fat_grows_with_bmi(cohort_dir, rows):
