@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 from fairmonai.bundle_check import verify_bundle
+from fairmonai.engines.bundle import bundle_root
 from fairmonai.engines.segmentation import (
     FUNDUS_CLASSES,
     KeepLatestCheckpoint,
     MaskWriter,
     SegmentationFairnessHandler,
     build_segmenter,
-    find_bundle_root,
     summarise_segmentation,
     write_group_csv,
 )
@@ -251,14 +251,14 @@ def test_keep_latest_checkpoint(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=10.pt", "model.pt"]
 
 
-def test_find_bundle_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_bundle_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys, "argv", ["x", "run", "--config_file", str(CONFIGS / "train.yaml")])
-    assert find_bundle_root() == str(BUNDLE)
+    assert bundle_root() == str(BUNDLE)
     overlay = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
     monkeypatch.setattr(sys, "argv", ["x", "run", f"--config_file={overlay}"])
-    assert find_bundle_root() == str(BUNDLE)
+    assert bundle_root() == str(BUNDLE)
     monkeypatch.setattr(sys, "argv", ["pytest"])
-    assert find_bundle_root(tmp_path) == str(tmp_path.resolve())
+    assert bundle_root(tmp_path) == str(tmp_path.resolve())
 
 
 def test_verify_bundle() -> None:

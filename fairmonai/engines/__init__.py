@@ -1,5 +1,6 @@
 """Training and evaluation building blocks that bundle configs wire together (MONAI engines + ignite handlers)."""
 
+from fairmonai.engines.bundle import as_bool, bundle_root
 from fairmonai.engines.checkpoint import ResumeFromCheckpoint, latest_checkpoint
 from fairmonai.engines.data import TASKS, build_dataset, load_cohorts, task_items
 from fairmonai.engines.factories import (
@@ -10,6 +11,8 @@ from fairmonai.engines.factories import (
 )
 
 __all__ = [
+    "as_bool",
+    "bundle_root",
     "TASKS",
     "ResumeFromCheckpoint",
     "build_dataset",

@@ -37,6 +37,8 @@ class ResumeFromCheckpoint:
         prefix: file name prefix of resumable checkpoints.
         map_location: as ``torch.load``.
         enabled: set False to always start from scratch.
+        engine_key: when set, the engine this handler is attached to is restored under this key too
+            (a bundle config cannot list ``@trainer`` in a load dict that the trainer is built with).
     """
 
     def __init__(
@@ -46,15 +48,19 @@ class ResumeFromCheckpoint:
         prefix: str = "checkpoint",
         map_location: Any = "cpu",
         enabled: bool = True,
+        engine_key: str | None = None,
     ) -> None:
         self.ckpt_dir = ckpt_dir
         self.load_dict = load_dict
         self.prefix = prefix
         self.map_location = map_location
         self.enabled = enabled
+        self.engine_key = engine_key
         self.loaded_from: Path | None = None
 
     def attach(self, engine: Engine) -> None:
+        if self.engine_key is not None:
+            self.load_dict = {**self.load_dict, self.engine_key: engine}
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:

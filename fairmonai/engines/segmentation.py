@@ -22,14 +22,12 @@ table for :class:`SegmentationReportSaver` (metrics JSON, per-group CSV, per-ima
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -57,8 +55,6 @@ __all__ = [
     "KEY_CLASSES",
     "ES_VARIANTS",
     "build_segmenter",
-    "find_bundle_root",
-    "as_bool",
     "require",
     "segmentation_items",
     "summarise_segmentation",
@@ -138,57 +134,6 @@ def build_segmenter(
 
 
 # ============================================================================================ bundle helpers
-def _root_of_config(config_file: str | os.PathLike) -> Path:
-    folder = Path(config_file).resolve().parent
-    return folder.parent if folder.name == "configs" else folder
-
-
-def find_bundle_root(default: str | os.PathLike | None = None) -> str:
-    """The root folder of the bundle being run, from the location of its config files.
-
-    ``monai.bundle``'s ``ConfigWorkflow`` knows where its configs are (``config_root_path``) but
-    exposes no ``bundle_root`` to the config, and model-zoo bundles default to ``"."`` (the working
-    directory). This looks, in order, for a ``ConfigWorkflow`` up the call stack (``python -m
-    monai.bundle run`` and ``monai.bundle.create_workflow``), then for ``--config_file`` on the command
-    line, then falls back to ``default`` (or the working directory). ``--bundle_root`` overrides it.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        root = getattr(owner, "config_root_path", None)
-        if isinstance(root, Path) and type(owner).__name__.endswith("Workflow"):
-            return str(root.resolve().parent if root.name == "configs" else root.resolve())
-        frame = frame.f_back
-    argv = sys.argv
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value:
-            if value.strip().startswith("["):
-                try:
-                    value = ast.literal_eval(value)[0]
-                except (ValueError, SyntaxError, IndexError):
-                    continue
-            return str(_root_of_config(value))
-    return str(Path(default).resolve() if default is not None else Path.cwd())
-
-
-def as_bool(value: Any) -> bool:
-    """A command-line flag as a bool: ``--amp true`` arrives as the string ``"true"`` (python-fire keeps
-    lower-case words as strings), which plain ``bool()`` would read as True even for ``"false"``."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "y", "on"):
-            return True
-        if text in ("0", "false", "no", "n", "off", "none", "null", ""):
-            return False
-        raise ValueError(f"cannot read {value!r} as true/false")
-    return bool(value)
-
-
 def require(value: Any, name: str, hint: str = "") -> Any:
     """``value`` unless it is None or empty: then a clear error naming the missing bundle setting."""
     if value is None or (isinstance(value, str) and not value.strip()):

@@ -1,0 +1,53 @@
+"""Helpers every bundle config uses: where the bundle is, and flags given on the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bundle_root", "as_bool"]
+
+
+def bundle_root(default: str | os.PathLike | None = None) -> str:
+    """Root folder of the bundle being run, so that a bundle runs from any working directory.
+
+    ``monai.bundle run`` (``ConfigWorkflow``) knows where its config files are (``config_root_path``)
+    but gives the config no ``bundle_root``; model-zoo bundles default to ``"."``, which only works from
+    the bundle folder. Looked up in order: the ``ConfigWorkflow`` on the call stack (the parent of its
+    ``configs/`` folder); ``--config_file`` on the command line; ``default``; the working directory.
+    ``--bundle_root DIR`` on the command line overrides the whole lookup.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        # check the type before touching attributes: ConfigParser.__getattr__ looks names up as config ids
+        if type(owner).__name__.endswith("Workflow"):
+            root = vars(owner).get("config_root_path")
+            if root is not None:
+                root = Path(root).resolve()
+                return str(root.parent if root.name == "configs" else root)
+        frame = frame.f_back
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--config_file" and i + 1 < len(argv) else None
+        if arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value:
+            first = value.strip().strip("[]").split(",")[0].strip().strip("'\"")
+            folder = Path(first).resolve().parent
+            return str(folder.parent if folder.name == "configs" else folder)
+    return str(Path(default).resolve() if default is not None else Path.cwd())
+
+
+def as_bool(value: Any) -> bool:
+    """A flag from a config value: ``monai.bundle run --resume false`` passes the *string* ``"false"``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0", "", "none", "null"):
+            return False
+        raise ValueError(f"{value!r} is not a boolean (use true or false)")
+    return bool(value)
