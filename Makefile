@@ -42,6 +42,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_cine_cache.py --out bench/results
+	$(BIN)/python bench/bench_fair_classifier.py --out bench/results
+	$(BIN)/python bench/bench_fair_segmentation.py --out bench/results
 
 clean:
 	rm -rf $(DEMO_OUT) bench/results .pytest_cache .ruff_cache
