@@ -22,9 +22,9 @@ from PIL import Image
 
 from fairmonai.bundle_check import verify_bundle
 from fairmonai.engines.bundle import bundle_root
+from fairmonai.engines.checkpoint import KeepLatestCheckpoint
 from fairmonai.engines.segmentation import (
     FUNDUS_CLASSES,
-    KeepLatestCheckpoint,
     MaskWriter,
     SegmentationFairnessHandler,
     build_segmenter,

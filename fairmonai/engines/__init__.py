@@ -1,7 +1,7 @@
 """Training and evaluation building blocks that bundle configs wire together (MONAI engines + ignite handlers)."""
 
 from fairmonai.engines.bundle import as_bool, bundle_root
-from fairmonai.engines.checkpoint import ResumeFromCheckpoint, latest_checkpoint
+from fairmonai.engines.checkpoint import KeepLatestCheckpoint, KeyMetricState, ResumeFromCheckpoint, latest_checkpoint
 from fairmonai.engines.data import TASKS, build_dataset, load_cohorts, task_items
 from fairmonai.engines.factories import (
     build_loss,
@@ -11,6 +11,8 @@ from fairmonai.engines.factories import (
 )
 
 __all__ = [
+    "KeepLatestCheckpoint",
+    "KeyMetricState",
     "as_bool",
     "bundle_root",
     "TASKS",

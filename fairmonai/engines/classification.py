@@ -12,9 +12,9 @@ The ``fair_classifier`` bundle wires these into MONAI's ``SupervisedTrainer`` / 
   ``StatsHandler``, ``TensorBoardStatsHandler``, ``ReduceLROnPlateau``), the full table to
   ``engine.state.fairness_table``. Under ``torch.distributed`` the samples of all ranks are gathered first.
 * :class:`ClassificationResultsWriter` writes the metrics JSON, the per-group CSV and the predictions CSV.
-* Bundle helpers: :func:`bundle_root` (run from any working directory), :func:`cohort_manifest` (the
-  built-in cardiac cohort when no manifest is given), :func:`resumable` / :class:`KeyMetricState` /
-  :class:`KeepLatestCheckpoints` (resume), :class:`ProgressBar`, :func:`init_distributed`.
+* Bundle helpers: :func:`cohort_manifest` (the built-in cardiac cohort when no manifest is given),
+  :func:`resumable` (resume; see also :mod:`fairmonai.engines.checkpoint`), :class:`ProgressBar`,
+  :func:`init_distributed`. ``bundle_root`` and ``as_bool`` live in :mod:`fairmonai.engines.bundle`.
 
 Scalar names in ``engine.state.metrics`` (``<a>`` is a sensitive attribute, e.g. ``sex``, ``age``, ``bmi``,
 or ``intersection`` for their combination):
@@ -55,6 +55,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from fairmonai.cohort import Cohort, GroupSpec
+from fairmonai.engines.checkpoint import KeyMetricState
 from fairmonai.io.atomic import atomic_write
 from fairmonai.metrics import (
     GroupMetricFrame,
@@ -93,9 +94,7 @@ __all__ = [
     "engine_loss",
     "to_device",
     "resumable",
-    "KeyMetricState",
     "ResumableCheckpointSaver",
-    "KeepLatestCheckpoints",
     "ProgressBar",
     "init_distributed",
     "distributed_device",
@@ -802,30 +801,6 @@ def engine_loss(output: Any) -> float | None:
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
-class KeyMetricState:
-    """The best-model tracking of a MONAI ``CheckpointSaver`` as a checkpointable object.
-
-    Saved in the resumable checkpoint next to the network and optimiser, it lets a resumed run keep the
-    best score seen so far, so that ``model.pt`` is only replaced by a better model.
-    """
-
-    def __init__(self, saver: Any) -> None:
-        self.saver = saver
-
-    def state_dict(self) -> dict[str, Any]:
-        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)
-        if checkpoint is None:
-            return {"saved": []}
-        return {"saved": [[_f(item.priority), str(item.filename)] for item in checkpoint._saved]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        from ignite.handlers import Checkpoint
-
-        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)
-        if checkpoint is not None:
-            checkpoint._saved = [Checkpoint.Item(float(p), str(f)) for p, f in state.get("saved", [])]
-
-
 def resumable(**objects: Any) -> dict[str, Any]:
     """The objects of a resumable checkpoint: those with a state dict (a plain loss function has none).
 
@@ -867,31 +842,6 @@ class ResumableCheckpointSaver:
         self.save_dict[self.engine_key] = engine
         self.saver = CheckpointSaver(save_dir=self.save_dir, save_dict=self.save_dict, **self._kwargs)
         self.saver.attach(engine)
-
-
-class KeepLatestCheckpoints:
-    """Deletes all but the newest ``keep`` resumable checkpoints after each epoch's save.
-
-    ``CheckpointSaver(n_saved=1)`` removes its own earlier files, but a resumed run starts a new saver
-    that does not know the files of the first run; this keeps the checkpoint folder at one file.
-    Attach it after the saver (handlers of one event run in attach order).
-    """
-
-    def __init__(self, ckpt_dir: str | os.PathLike, prefix: str = "checkpoint", keep: int = 1) -> None:
-        self.ckpt_dir = Path(ckpt_dir)
-        self.prefix = prefix
-        self.keep = max(1, int(keep))
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        if not self.ckpt_dir.is_dir():
-            return
-        found = sorted(self.ckpt_dir.glob(f"{self.prefix}*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
-        for old in found[: -self.keep]:
-            old.unlink(missing_ok=True)
-            logger.info("removed older checkpoint %s", old)
 
 
 class ProgressBar:

@@ -65,8 +65,6 @@ __all__ = [
     "write_sample_csv",
     "MaskWriter",
     "TrainingHistory",
-    "KeepLatestCheckpoint",
-    "KeyMetricState",
 ]
 
 logger = logging.getLogger(__name__)
@@ -729,55 +727,3 @@ class TrainingHistory:
         self.epochs = [e for e in self.epochs if e.get("epoch") != entry["epoch"]] + [entry]
         with atomic_write(self.path, encoding="utf-8") as f:
             json.dump({"epochs": self.epochs}, f, indent=1)
-
-
-class KeepLatestCheckpoint:
-    """Deletes resumable checkpoints other than the newest after each save (rank 0, after ``CheckpointSaver``).
-
-    ``CheckpointSaver(n_saved=1)`` keeps one file within a run, but a resumed run starts with a new
-    saver that does not know the previous run's file; this keeps exactly one ``<prefix>*.pt``. The
-    newest is the highest number in the name (``checkpoint_epoch=12.pt``), then the newest file.
-    """
-
-    def __init__(self, ckpt_dir: str | os.PathLike, prefix: str = "checkpoint", keep: int = 1) -> None:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        self.ckpt_dir = Path(ckpt_dir)
-        self.prefix = prefix
-        self.keep = int(keep)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    @staticmethod
-    def _order(path: Path) -> tuple[int, int, str]:
-        numbers = re.findall(r"=(\d+)", path.stem)
-        return (int(numbers[-1]) if numbers else -1, path.stat().st_mtime_ns, path.name)
-
-    def __call__(self, engine: Engine | None = None) -> list[Path]:
-        found = sorted(self.ckpt_dir.glob(f"{self.prefix}*.pt"), key=self._order)
-        removed = found[: max(0, len(found) - self.keep)]
-        for path in removed:
-            path.unlink(missing_ok=True)
-        return removed
-
-
-class KeyMetricState:
-    """State of a ``CheckpointSaver``'s best-model tracking, so that a resumed run keeps the best score.
-
-    Put it in the resumable checkpoint's ``save_dict`` (and ``ResumeFromCheckpoint``'s load dict):
-    without it the resumed saver would overwrite ``model.pt`` at its first validation, even with a
-    worse score. MONAI's ``CheckpointSaver.load_state_dict`` restores it; the saved state is its
-    key-metric ``ignite.handlers.Checkpoint`` state (best scores and file names).
-    """
-
-    def __init__(self, saver: Any) -> None:
-        self.saver = saver
-
-    def state_dict(self) -> dict[str, Any]:
-        inner = getattr(self.saver, "_key_metric_checkpoint", None)
-        return dict(inner.state_dict()) if inner is not None else {"_saved": []}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if getattr(self.saver, "_key_metric_checkpoint", None) is not None:
-            self.saver.load_state_dict(dict(state))
