@@ -10,20 +10,16 @@ the cached modes, fills the cache) and the following epochs (served from the cac
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import monai
 import torch
+from benchlib import environment, peak_rss_mb, write_report
 from monai.data import DataLoader
 
 from fairmonai.cohort import Cohort
-from fairmonai.io.atomic import atomic_write
 from fairmonai.io.datasets import cine_dataset
 from fairmonai.phantoms import make_phantom
 
@@ -80,20 +76,10 @@ def main() -> None:
         "results": results,
         "target": "memory cache: cached epoch >= 5x faster than the first",
         "meets_target": results["memory"]["speedup_cached_vs_first"] >= 5,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "monai": monai.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-        },
+        "peak_rss_mb": peak_rss_mb(),
+        "environment": environment(),
     }
-    out = Path(args.out) / "cine_cache.json"
-    with atomic_write(out) as f:
-        json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, Path(args.out) / "cine_cache.json")
 
 
 if __name__ == "__main__":

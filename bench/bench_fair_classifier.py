@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -33,11 +31,11 @@ from typing import Any
 import monai
 import torch
 import torch.nn.functional as F
+from benchlib import peak_rss_mb, write_report
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
 from fairmonai.engines.classification import build_classifier
-from fairmonai.io.atomic import atomic_write
 from fairmonai.phantoms import make_phantom
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "fair_classifier"
@@ -112,10 +110,6 @@ def time_bare(
         stamps.append(time.perf_counter())
     timed = stamps[args.warmup - 1 :]
     return [b - a for a, b in zip(timed[:-1], timed[1:], strict=True)]
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def main() -> None:
@@ -220,7 +214,7 @@ def main() -> None:
         "ratio_statistic": "median iteration time over all timed iterations of all repeats (bundle / bare)",
         "target_ratio": TARGET_RATIO,
         "within_target": ratio <= TARGET_RATIO,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": peak_rss_mb(),
         "cuda_max_memory_allocated_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if device.type == "cuda"
         else None,
@@ -229,11 +223,7 @@ def main() -> None:
         "torch": torch.__version__,
         "monai": monai.__version__,
     }
-    out = Path(args.out) / "fair_classifier.json"
-    with atomic_write(out) as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(json.dumps(result, indent=2))
+    write_report(result, Path(args.out) / "fair_classifier.json")
 
 
 if __name__ == "__main__":

@@ -21,22 +21,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
-import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import monai
 import torch
+from benchlib import environment, peak_rss_mb, write_report
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.data import DataLoader
 
-from fairmonai.io.atomic import atomic_write
 from fairmonai.phantoms import make_phantom
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "fair_segmentation"
@@ -192,21 +188,11 @@ def main() -> None:
         "bare_over_bundle": round(ratio, 4),
         "target": "bundle within 1.10x of the bare loop (bare_over_bundle <= 1.10)",
         "meets_target": ratio <= 1.10,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "cuda_max_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "monai": monai.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-        },
+        "environment": environment(),
     }
-    out = Path(args.out) / "fair_segmentation.json"
-    with atomic_write(out) as f:
-        json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, Path(args.out) / "fair_segmentation.json")
 
 
 if __name__ == "__main__":
