@@ -44,15 +44,17 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from fairmonai.phantoms import make_phantom
+    from fairmonai.phantoms import existing_phantom, make_phantom
 
     start = time.perf_counter()
     kwargs: dict[str, Any] = {}
     bias = _key_values(args.bias, "--bias")
     if bias:
         kwargs["bias"] = bias
-    manifest = make_phantom(args.kind, args.out, subjects=args.subjects, seed=args.seed, **kwargs)
-    print(f"wrote {args.kind} cohort: {manifest} ({time.perf_counter() - start:.1f} s)")
+    reused = existing_phantom(args.kind, args.out, subjects=args.subjects, seed=args.seed, **kwargs) is not None
+    manifest = make_phantom(args.kind, args.out, subjects=args.subjects, seed=args.seed, force=args.force, **kwargs)
+    done = "reused the identical" if reused else "wrote"
+    print(f"{done} {args.kind} cohort: {manifest} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=None, help="number of subjects (default: the kind's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bias", nargs="*", metavar="KEY=VALUE", help="bias knobs, e.g. hf_prevalence=0.2")
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds another cohort or other files")
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("audit", help="counts per group, imbalance ratios, plots and an HTML page")

@@ -129,3 +129,35 @@ def test_audit_needs_a_spec_and_records():
         audit_cohort(Cohort([Record(id="a", image="a.png")]))
     with pytest.raises(EmptyGroupError):
         audit_cohort(Cohort([], GroupSpec(("site",))))
+
+
+def test_audit_folder_is_replaced_whole_and_never_over_other_files(cohort, tmp_path, monkeypatch):
+    from fairmonai.io.atomic import OutputExistsError
+    from fairmonai.report import audit as audit_module
+
+    out = tmp_path / "audit"
+    paths = write_audit(cohort, out, title="first")
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(audit_module, "_plot_marginals", broken_plot)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_audit(cohort.subset(range(3)), out, title="second")
+    # the old audit.json still matches the old plots and page: nothing of the failed run is there
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    write_audit(cohort.subset(range(3)), out, title="second")
+    assert json.loads(paths["json"].read_text())["n_records"] == 3
+
+    # the cohort's own folder (tiny.csv, no audit.json) is not an audit: it is not replaced
+    with pytest.raises(OutputExistsError, match="holds no audit.json"):
+        write_audit(cohort, tmp_path, title="over the cohort")
+    assert (tmp_path / "tiny.csv").read_text() == MANIFEST
+    forced = tmp_path / "other"
+    forced.mkdir()
+    (forced / "x.txt").write_text("x")
+    write_audit(cohort, forced, force=True)
+    assert sorted(p.name for p in forced.iterdir()) == sorted(paths[k].name for k in paths)

@@ -59,7 +59,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     make_dicom_cohort(tmp_path / "b", subjects=4, seed=3)
     make_dicom_cohort(tmp_path / "c", subjects=4, seed=4)
     a, b, c = (_all_bytes(tmp_path / n) for n in "abc")
-    assert a == b and len(a) == 4 * 6 + 1
+    assert a == b and len(a) == 4 * 6 + 2  # 4 series of 6 slices, manifest.csv, phantom.json
     assert a.keys() == c.keys() and a != c
 
 

@@ -17,6 +17,7 @@ byte-identical files.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -108,7 +109,7 @@ def make_dicom_cohort(
     """Write the DICOM phantom cohort to ``out_dir`` and return the path of its ``manifest.csv``.
 
     Args:
-        out_dir: output folder; gets ``sub-000/`` ... (one series folder each) and ``manifest.csv``.
+        out_dir: output folder; gets ``sub-000/`` ... (one series folder each) , ``manifest.csv`` and ``phantom.json``.
         subjects: number of subjects (None: :data:`DEFAULT_SUBJECTS`).
         seed: everything (attributes, pixels, UIDs) follows from it.
         bias: knobs overriding :data:`DEFAULT_BIAS` (values in [0, 1]).
@@ -175,4 +176,7 @@ def make_dicom_cohort(
         writer = csv.DictWriter(f, fieldnames=["id", "image", "label", "split"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+    info = {"phantom": "dicom", "seed": seed, "subjects": n, "shape": list(shape), "bias": knobs}
+    with atomic_write(out / "phantom.json", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
     return manifest

@@ -5,7 +5,7 @@ patients into 36 groups (Skorupko et al., section 2.2) and samples them inversel
 FairDiff's Equal-Scale combination (Li et al., section 2.3) raises every group to a target size.
 Both need the per-group counts and deficits this module reports.
 
-:func:`audit_cohort` returns plain JSON-able content; :func:`write_audit` writes it as
+:func:`audit_cohort` returns plain JSON-able content; :func:`write_audit` writes it (a whole folder at once) as
 ``audit.json``, ``counts.csv``, ``counts.png``, ``marginals.png`` and a self-contained
 ``audit.html`` (images embedded, no network resources).
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 from fairmonai.cohort import Cohort, GroupKey
 from fairmonai.errors import EmptyGroupError
-from fairmonai.io.atomic import atomic_path, atomic_write
+from fairmonai.io.atomic import atomic_directory, atomic_path, atomic_write, check_output_dir
 
 __all__ = ["audit_cohort", "write_audit"]
 
@@ -393,28 +393,60 @@ def _render_html(audit: Mapping[str, Any], title: str, counts_png: Path, margina
     return "\n".join(out) + "\n"
 
 
-def write_audit(cohort: Cohort, out_dir: str | PathLike, title: str = "Cohort audit") -> dict[str, Path]:
+_AUDIT_FILES = {
+    "json": "audit.json",
+    "csv": "counts.csv",
+    "counts_png": "counts.png",
+    "marginals_png": "marginals.png",
+    "html": "audit.html",
+}
+
+
+def write_audit(
+    cohort: Cohort,
+    out_dir: str | PathLike,
+    title: str = "Cohort audit",
+    *,
+    force: bool = False,
+    inspect_images: bool = False,
+) -> dict[str, Path]:
     """Audit ``cohort`` and write ``audit.json``, ``counts.csv``, ``counts.png``, ``marginals.png`` and
-    ``audit.html`` into ``out_dir`` (each atomically).
+    ``audit.html`` into ``out_dir``.
+
+    The folder is written whole (:func:`~fairmonai.io.atomic.atomic_directory`): a failed or killed
+    run leaves the previous audit as it was, never a new ``audit.json`` beside old plots. An
+    existing audit folder (one with ``audit.json``) is replaced; any other non-empty folder (say the
+    cohort's own folder) is refused unless ``force``, since replacing it would delete its files.
+
+    Args:
+        cohort: the cohort, with a group spec.
+        out_dir: the audit folder.
+        title: page title.
+        force: replace ``out_dir`` even when it is not an audit folder.
+        inspect_images: first check every record's image headers
+            (:func:`fairmonai.io.inspect.inspect_cohort`); an :class:`~fairmonai.errors.InputError`
+            listing every bad file is raised before anything is written.
 
     Returns:
         ``{"json", "csv", "counts_png", "marginals_png", "html"}`` -> path.
+
+    Raises:
+        OutputExistsError: ``out_dir`` is a non-empty folder that is not an audit, and not ``force``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, marker=_AUDIT_FILES["json"], what="a fairmonai audit", force=force)
+    if inspect_images:
+        from fairmonai.io.inspect import inspect_cohort
+
+        inspect_cohort(cohort)
     audit = audit_cohort(cohort)
-    paths = {
-        "json": out / "audit.json",
-        "csv": out / "counts.csv",
-        "counts_png": out / "counts.png",
-        "marginals_png": out / "marginals.png",
-        "html": out / "audit.html",
-    }
-    with atomic_write(paths["json"], encoding="utf-8") as f:
-        json.dump({"title": title, **audit}, f, indent=1, allow_nan=False)
-    _write_csv(audit, paths["csv"])
-    _plot_counts(audit, paths["counts_png"], title)
-    _plot_marginals(audit, paths["marginals_png"])
-    with atomic_write(paths["html"], encoding="utf-8") as f:
-        f.write(_render_html(audit, title, paths["counts_png"], paths["marginals_png"]))
-    return paths
+    with atomic_directory(out) as tmp:
+        paths = {name: tmp / file for name, file in _AUDIT_FILES.items()}
+        with atomic_write(paths["json"], encoding="utf-8") as f:
+            json.dump({"title": title, **audit}, f, indent=1, allow_nan=False)
+        _write_csv(audit, paths["csv"])
+        _plot_counts(audit, paths["counts_png"], title)
+        _plot_marginals(audit, paths["marginals_png"])
+        with atomic_write(paths["html"], encoding="utf-8") as f:
+            f.write(_render_html(audit, title, paths["counts_png"], paths["marginals_png"]))
+    return {name: out / file for name, file in _AUDIT_FILES.items()}
