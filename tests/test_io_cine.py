@@ -214,3 +214,99 @@ def test_dataloader_caches_and_pickling(tmp_path):
     np.testing.assert_array_equal(clone(items[0])[8]["image"], train(items[0])[8]["image"])  # deterministic
     val = Compose([LoadCineSubjectd(), CineEDESd(mask_divisor=3)])
     assert sum(b["image"].shape[0] for b in DataLoader(Dataset(items, val), batch_size=2)) == 3
+
+
+# ------------------------------------------------------------------------------ bad voxels, file layout
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxel_is_named_with_its_index(subject, bad):
+    cine = nib.load(subject / "sa.nii.gz").get_fdata(dtype=np.float32)
+    cine[4, 5, 2, 6] = bad
+    _save(cine, subject / "sa.nii.gz")
+    with pytest.raises(InputError, match=r"1 non-finite voxel\(s\) \(NaN or infinite\), the first .* \(4, 5, 2, 6\)") as e:
+        read_cine_subject(subject)
+    assert e.value.path == str(subject / "sa.nii.gz") and e.value.field == "cine"
+    # through Compose (which wraps the error) and a CacheDataset (which runs the pipeline in __init__)
+    pipeline = Compose([LoadCineSubjectd(), CineEDESd()])
+    with pytest.raises(Exception) as e:
+        CacheDataset([{"image": str(subject)}], pipeline, progress=False)
+    from fairmonai.errors import located_cause
+
+    cause = located_cause(e.value)
+    assert isinstance(cause, InputError) and cause.path == str(subject / "sa.nii.gz") and "non-finite" in str(cause)
+
+
+def test_all_zero_frame_is_named(subject):
+    cine = nib.load(subject / "sa.nii.gz").get_fdata(dtype=np.float32)
+    cine[..., 5] = 0
+    _save(cine, subject / "sa.nii.gz")
+    with pytest.raises(InputError, match=r"frame\(s\) \[5\] of 8 all zero") as e:
+        read_cine_subject(subject)
+    assert e.value.path == str(subject / "sa.nii.gz")
+    _save(np.zeros(SHAPE, np.float32), subject / "sa.nii.gz")
+    with pytest.raises(InputError, match="every frame all zero"):
+        read_cine_subject(subject)
+
+
+def test_nan_in_sa_es_frame_file_is_named(subject):
+    frame = nib.load(subject / "sa_ES.nii.gz").get_fdata(dtype=np.float32)
+    frame[0, 0, 0] = np.nan
+    _save(frame, subject / "sa_ES.nii.gz")
+    with pytest.raises(InputError, match="non-finite") as e:
+        read_cine_subject(subject)
+    assert e.value.path == str(subject / "sa_ES.nii.gz") and e.value.field == "es_frame"
+
+
+def _cine_files(tmp_path: Path, dtype=np.int16) -> dict[str, str]:
+    """A cine of any file name with int16 voxels and two label files elsewhere, as a manifest row gives them."""
+    rng = np.random.default_rng(4)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cine = (rng.integers(0, 900, SHAPE) + np.arange(SHAPE[3]) * 50).astype(dtype)
+    img = nib.Nifti1Image(cine, np.diag([1.8, 1.8, 8.0, 1.0]))
+    img.set_data_dtype(dtype)
+    nib.save(img, tmp_path / "images" / "patient7_cine_sax.nii.gz")
+    _save(_segmentation(SHAPE[:3], rng), tmp_path / "labels" / "p7_ed.nii.gz")
+    _save(_segmentation(SHAPE[:3], rng), tmp_path / "labels" / "p7_es.nii.gz")
+    return {
+        "image": str(tmp_path / "images" / "patient7_cine_sax.nii.gz"),
+        "seg_ed": str(tmp_path / "labels" / "p7_ed.nii.gz"),
+        "seg_es": str(tmp_path / "labels" / "p7_es.nii.gz"),
+    }
+
+
+def test_cine_file_with_its_own_segmentation_files_int16(tmp_path):
+    row = _cine_files(tmp_path)
+    assert nib.load(row["image"]).get_data_dtype() == np.int16
+    s = read_cine_subject(row["image"], es_frame=ES, seg_ed=row["seg_ed"], seg_es=row["seg_es"])
+    stored = np.asanyarray(nib.load(row["image"]).dataobj)
+    assert s.cine.dtype == np.float32 and np.array_equal(s.cine, stored.astype(np.float32))
+    assert (s.ed_frame, s.es_frame) == (0, ES) and s.cine_path == Path(row["image"])
+    assert np.array_equal(s.seg_es, np.asanyarray(nib.load(row["seg_es"]).dataobj))
+    out = Compose([LoadCineSubjectd(), CineEDESd()])({**row, "es_frame": ES, "ed_frame": 1})
+    assert out["image"].shape == (3, 32, 32) and out["mask"].shape == (3, 32, 32) and out["es_index"] == ES
+    assert out["subject_dir"] == row["image"] and "seg_ed" not in out  # the label arrays are dropped after use
+    expected = np.stack([s.seg_ed[:, :, 2], s.seg_es[:, :, 2], s.seg_ed[:, :, 2]])
+    np.testing.assert_array_equal(out["mask"], expected)
+
+
+def test_cine_file_errors_name_the_file_and_column(tmp_path):
+    row = _cine_files(tmp_path)
+    with pytest.raises(InputError, match=r"a cine file needs its segmentations: give the seg_ed and seg_es") as e:
+        read_cine_subject(row["image"], es_frame=ES)
+    assert e.value.path == row["image"] and e.value.field == "seg_ed"
+    with pytest.raises(InputError, match=r"give the seg_es column") as e:
+        LoadCineSubjectd()({"image": row["image"], "seg_ed": row["seg_ed"], "es_frame": ES})
+    assert e.value.field == "seg_es"
+    with pytest.raises(InputError, match="ES frame is unknown: give an es_frame column in the manifest$") as e:
+        read_cine_subject(row["image"], seg_ed=row["seg_ed"], seg_es=row["seg_es"])
+    with pytest.raises(InputError, match="missing file") as e:
+        read_cine_subject(row["image"], es_frame=ES, seg_ed=row["seg_ed"], seg_es=tmp_path / "nope.nii.gz")
+    assert e.value.field == "seg_es" and e.value.path == str(tmp_path / "nope.nii.gz")
+    _save(np.full(SHAPE[:3], 255, np.uint8), Path(row["seg_ed"]))
+    with pytest.raises(InputError, match=r"labels \[255\] are outside the cardiac labels") as e:
+        read_cine_subject(row["image"], es_frame=ES, seg_ed=row["seg_ed"], seg_es=row["seg_es"])
+    assert e.value.path == row["seg_ed"] and e.value.field == "seg_ed"
+    _save(np.zeros(SHAPE[:3], np.float32), Path(row["image"]))
+    with pytest.raises(InputError, match=r"expected a 4D cine") as e:
+        read_cine_subject(row["image"], es_frame=ES, seg_ed=row["seg_ed"], seg_es=row["seg_es"])
+    assert e.value.field == "image"

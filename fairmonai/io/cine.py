@@ -13,6 +13,13 @@ A manifest record's ``image`` is the subject folder; it may carry ``ed_frame`` /
 columns. Without them, ED is the frame of ``sa.nii.gz`` closest to ``sa_ED.nii.gz`` (frame 0 if
 that file is absent) and ES the frame closest (L1) to ``sa_ES.nii.gz``; with neither an
 ``es_frame`` nor ``sa_ES.nii.gz`` the ES frame is unknown, which is an error.
+
+Files of any names: a record with ``seg_ed`` and ``seg_es`` columns (paths of the two 3D label
+volumes) has a 4D NIfTI *file* as its ``image`` (say ``cine_sax.nii.gz``); its ES frame comes
+from the ``es_frame`` column, its ED frame from ``ed_frame`` (default 0).
+
+Every voxel must be finite and no frame may be all zero (a blank frame is a failed export, not
+a heart), so that a bad file is named here rather than surfacing later as a NaN loss.
 """
 
 from __future__ import annotations
@@ -42,13 +49,14 @@ class CineSubject:
     """One subject's cine and its ED/ES segmentations.
 
     Attributes:
-        folder: the subject folder.
+        folder: the subject folder (for a cine file: the folder holding it).
         cine: (x, y, slice, frame) float32.
         seg_ed: (x, y, slice) uint8 labels at end-diastole (see :data:`CARDIAC_LABELS`).
         seg_es: (x, y, slice) uint8 labels at end-systole.
         ed_frame: index of the ED frame in ``cine``.
         es_frame: index of the ES frame in ``cine``.
-        affine: 4x4 voxel-to-world matrix of ``sa.nii.gz``.
+        affine: 4x4 voxel-to-world matrix of the cine.
+        cine_path: the 4D cine file (``folder/sa.nii.gz`` in the folder layout).
     """
 
     folder: Path
@@ -58,6 +66,7 @@ class CineSubject:
     ed_frame: int
     es_frame: int
     affine: np.ndarray
+    cine_path: Path | None = None
 
     @property
     def n_slices(self) -> int:
@@ -83,6 +92,30 @@ def _data(img: Any, path: Path, field: str, raw: bool = False) -> np.ndarray:
         return np.asanyarray(img.dataobj) if raw else img.get_fdata(dtype=np.float32)
     except Exception as exc:  # truncated gzip, short data block, ...
         raise InputError(f"cannot read the image data: {exc}", path=path, field=field) from None
+
+
+def _check_voxels(data: np.ndarray, path: Path, field: str) -> None:
+    """Every voxel finite; for a 4D cine also no all-zero frame (naming the frames)."""
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = np.argwhere(~finite)
+            first = tuple(int(i) for i in bad[0])
+            value = data[first]
+            raise InputError(
+                f"{len(bad)} non-finite voxel(s) (NaN or infinite), the first {value} at index {first}",
+                path=path,
+                field=field,
+            )
+    if data.size == 0:
+        raise InputError(f"empty image of shape {data.shape}", path=path, field=field)
+    if data.ndim == 4:
+        blank = [int(t) for t in np.flatnonzero(~np.any(data != 0, axis=(0, 1, 2)))]
+        if blank:
+            which = "every frame" if len(blank) == data.shape[3] else f"frame(s) {blank} of {data.shape[3]}"
+            raise InputError(f"{which} all zero: the image holds no signal there", path=path, field=field)
+    elif not np.any(data != 0):
+        raise InputError("the image is all zero", path=path, field=field)
 
 
 def _squeeze_to_3d(data: np.ndarray) -> np.ndarray:
@@ -134,6 +167,7 @@ def _matching_frame(cine: np.ndarray, path: Path, field: str) -> int:
     """Index of the cine frame closest (L1) to the 3D frame stored at ``path``."""
     img = _load(path, field)
     frame = _squeeze_to_3d(_data(img, path, field))
+    _check_voxels(frame, path, field)
     if frame.shape != cine.shape[:3]:
         raise InputError(
             f"frame shape {frame.shape} does not match the cine's image shape {cine.shape[:3]} (x, y, slice)",
@@ -145,59 +179,85 @@ def _matching_frame(cine: np.ndarray, path: Path, field: str) -> int:
 
 
 def read_cine_subject(
-    folder: str | os.PathLike, ed_frame: int | str | None = None, es_frame: int | str | None = None
+    path: str | os.PathLike,
+    ed_frame: int | str | None = None,
+    es_frame: int | str | None = None,
+    seg_ed: str | os.PathLike | None = None,
+    seg_es: str | os.PathLike | None = None,
 ) -> CineSubject:
-    """Read a UK Biobank-style subject folder (see the module docstring).
+    """Read a UK Biobank-style subject folder, or a 4D cine file with its two segmentations.
 
     Args:
-        folder: the subject folder.
+        path: the subject folder, or (with ``seg_ed`` and ``seg_es``) the 4D cine NIfTI file.
         ed_frame: ED frame index (e.g. the manifest's ``ed_frame``); None: from ``sa_ED.nii.gz``, else 0.
-        es_frame: ES frame index; None: from ``sa_ES.nii.gz``.
+        es_frame: ES frame index; None: from ``sa_ES.nii.gz`` (a subject folder only).
+        seg_ed: the ED 3D label volume (manifest column ``seg_ed``); None: ``seg_sa_ED.nii.gz`` in the folder.
+        seg_es: the ES 3D label volume; None: ``seg_sa_ES.nii.gz`` in the folder.
 
     Raises:
-        InputError: naming the file and field: a missing folder or file, a cine that is not 4D,
-            a segmentation whose shape differs from the cine's first three axes or whose labels are
-            not 0-3, a frame index out of range, or no way to find the ES frame.
+        InputError: naming the file and field: a missing folder or file, a cine file without its
+            segmentations, a cine that is not 4D, a non-finite voxel, an all-zero frame (named by
+            index), a segmentation whose shape differs from the cine's first three axes or whose
+            labels are not 0-3, a frame index out of range, or no way to find the ES frame.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("cine subject folder not found", path=folder, field="image")
-    cine_path = folder / CINE_FILE
-    img = _load(cine_path, "cine")
+    path = Path(path)
+    if path.is_dir():
+        folder, cine_path, field = path, path / CINE_FILE, "cine"
+        seg_paths = {
+            "ed": folder / SEG_FILES["ed"] if seg_ed is None else Path(seg_ed),
+            "es": folder / SEG_FILES["es"] if seg_es is None else Path(seg_es),
+        }
+        frame_files = {k: folder / name for k, name in FRAME_FILES.items()}
+    elif path.is_file():
+        missing = [name for name, value in (("seg_ed", seg_ed), ("seg_es", seg_es)) if value is None]
+        if missing:
+            raise InputError(
+                f"a cine file needs its segmentations: give the {' and '.join(missing)} column(s), "
+                f"or make image a subject folder holding {CINE_FILE}, {SEG_FILES['ed']} and {SEG_FILES['es']}",
+                path=path,
+                field=missing[0],
+            )
+        folder, cine_path, field = path.parent, path, "image"
+        seg_paths = {"ed": Path(seg_ed), "es": Path(seg_es)}
+        frame_files = {}
+    else:
+        raise InputError("cine subject folder or file not found", path=path, field="image")
+    img = _load(cine_path, field)
     if len(img.shape) != 4:
         raise InputError(
-            f"expected a 4D cine (x, y, slice, frame), got shape {tuple(img.shape)}", path=cine_path, field="cine"
+            f"expected a 4D cine (x, y, slice, frame), got shape {tuple(img.shape)}", path=cine_path, field=field
         )
-    cine = _data(img, cine_path, "cine")
-    if min(cine.shape) < 1:
-        raise InputError(f"empty cine of shape {cine.shape}", path=cine_path, field="cine")
+    if min(img.shape) < 1:
+        raise InputError(f"empty cine of shape {tuple(img.shape)}", path=cine_path, field=field)
+    cine = _data(img, cine_path, field)
+    _check_voxels(cine, cine_path, field)
     shape = tuple(int(n) for n in cine.shape[:3])
-    seg_ed = _read_labels(folder / SEG_FILES["ed"], "seg_ed", shape)
-    seg_es = _read_labels(folder / SEG_FILES["es"], "seg_es", shape)
+    labels_ed = _read_labels(seg_paths["ed"], "seg_ed", shape)
+    labels_es = _read_labels(seg_paths["es"], "seg_es", shape)
     n_frames = int(cine.shape[3])
 
     if ed_frame is not None:
         ed = _frame_index(ed_frame, n_frames, cine_path, "ed_frame")
-    elif (folder / FRAME_FILES["ed"]).is_file():
-        ed = _matching_frame(cine, folder / FRAME_FILES["ed"], "ed_frame")
+    elif "ed" in frame_files and frame_files["ed"].is_file():
+        ed = _matching_frame(cine, frame_files["ed"], "ed_frame")
     else:
         ed = 0
     if es_frame is not None:
         es = _frame_index(es_frame, n_frames, cine_path, "es_frame")
-    elif (folder / FRAME_FILES["es"]).is_file():
-        es = _matching_frame(cine, folder / FRAME_FILES["es"], "es_frame")
+    elif "es" in frame_files and frame_files["es"].is_file():
+        es = _matching_frame(cine, frame_files["es"], "es_frame")
     else:
+        hint = f" or add {FRAME_FILES['es']}" if frame_files else ""
         raise InputError(
-            f"the ES frame is unknown: give an es_frame column in the manifest or add {FRAME_FILES['es']}",
-            path=folder,
-            field="es_frame",
+            f"the ES frame is unknown: give an es_frame column in the manifest{hint}", path=path, field="es_frame"
         )
     return CineSubject(
         folder=folder,
         cine=np.ascontiguousarray(cine, dtype=np.float32),
-        seg_ed=seg_ed,
-        seg_es=seg_es,
+        seg_ed=labels_ed,
+        seg_es=labels_es,
         ed_frame=ed,
         es_frame=es,
         affine=np.asarray(img.affine, dtype=np.float64),
+        cine_path=cine_path,
     )

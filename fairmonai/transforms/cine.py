@@ -41,11 +41,14 @@ CINE_KEYS = ("cine", "seg_ed", "seg_es", "cine_range")
 class LoadCineSubjectd(MapTransform):
     """Read the UK Biobank-style subject folder at ``data[key]`` (see :mod:`fairmonai.io.cine`).
 
-    Uses ``data["ed_frame"]`` / ``data["es_frame"]`` when present (manifest columns). Adds
+    Uses ``data["ed_frame"]`` / ``data["es_frame"]`` when present (manifest columns), and
+    ``data["seg_ed"]`` / ``data["seg_es"]`` (paths of the 3D label volumes): with them ``data[key]``
+    is a 4D cine file of any name instead of a subject folder. Adds
     ``cine`` (x, y, slice, frame) float32, ``seg_ed`` / ``seg_es`` (x, y, slice) uint8,
     ``cine_range`` (min, max intensity of the subject), ``ed_frame``, ``es_frame`` (ints),
-    ``cine_affine`` (4x4) and ``subject_dir`` (the folder, kept for messages once ``image`` is
-    replaced by the image array).
+    ``cine_affine`` (4x4) and ``subject_dir`` (the folder or cine file, kept for messages once
+    ``image`` is replaced by the image array). The ``seg_ed`` / ``seg_es`` paths are replaced by the
+    label arrays.
 
     Args:
         keys: the one key holding the subject folder.
@@ -60,9 +63,11 @@ class LoadCineSubjectd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            subject = read_cine_subject(d[key], d.get("ed_frame"), d.get("es_frame"))
+            subject = read_cine_subject(
+                d[key], d.get("ed_frame"), d.get("es_frame"), seg_ed=d.get("seg_ed"), seg_es=d.get("seg_es")
+            )
             d.update(
-                subject_dir=str(subject.folder),
+                subject_dir=str(d[key]),
                 cine=subject.cine,
                 seg_ed=subject.seg_ed,
                 seg_es=subject.seg_es,
