@@ -222,7 +222,8 @@ def test_non_finite_voxel_is_named_with_its_index(subject, bad):
     cine = nib.load(subject / "sa.nii.gz").get_fdata(dtype=np.float32)
     cine[4, 5, 2, 6] = bad
     _save(cine, subject / "sa.nii.gz")
-    with pytest.raises(InputError, match=r"1 non-finite voxel\(s\) \(NaN or infinite\), the first .* \(4, 5, 2, 6\)") as e:
+    message = r"1 non-finite voxel\(s\) \(NaN or infinite\), the first .* at index \(4, 5, 2, 6\)"
+    with pytest.raises(InputError, match=message) as e:
         read_cine_subject(subject)
     assert e.value.path == str(subject / "sa.nii.gz") and e.value.field == "cine"
     # through Compose (which wraps the error) and a CacheDataset (which runs the pipeline in __init__)
