@@ -55,3 +55,74 @@ def test_fundus_phantom_through_the_cached_pipeline(tmp_path):
     masks = np.stack([ds[i]["mask"].numpy() for i in range(len(ds))])
     assert masks.shape == (6, 1, 64, 64) and set(np.unique(masks).tolist()) <= {0, 1, 2}
     assert (masks == 2).any() and (masks == 1).any()  # every set has cups and rims
+
+
+# ------------------------------------------------------------------------------ bad pixels and labels
+def _pair(tmp_path, image: np.ndarray, mask: np.ndarray, image_name="eye.png") -> Path:
+    Image.fromarray(image).save(tmp_path / image_name)
+    Image.fromarray(mask).save(tmp_path / "eye_mask.png")
+    (tmp_path / "m.csv").write_text(f"id,image,mask,label,race\neye,{image_name},eye_mask.png,0,White\n")
+    return tmp_path / "m.csv"
+
+
+def _located(dataset_call) -> InputError:
+    with pytest.raises(Exception) as raised:
+        dataset_call()
+    error = located_cause(raised.value)
+    assert isinstance(error, InputError), raised.value
+    return error
+
+
+GOOD_IMAGE = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
+GOOD_MASK = np.zeros((64, 64), np.uint8)
+GOOD_MASK[20:40, 20:40] = 1
+GOOD_MASK[26:34, 26:34] = 2
+
+
+def test_mask_stored_as_0_255_is_named_with_its_values(tmp_path):
+    """A 0/255 mask used to end in a collate error; now the file and the stray value are named."""
+    cohort = Cohort.from_manifest(_pair(tmp_path, GOOD_IMAGE, np.where(GOOD_MASK > 0, 255, 0).astype(np.uint8)))
+    # in the memory cache: the pipeline runs while the dataset is built
+    error = _located(lambda: image2d_dataset(cohort, progress=False))
+    assert error.path == str(tmp_path / "eye_mask.png") and error.field == "mask"
+    assert "mask values [255] are outside the label set (0 background, 1 rim, 2 cup)" in str(error)
+    assert "0/255" in str(error)
+    # no cache: when the item is read
+    error = _located(lambda: image2d_dataset(cohort, cache="none")[0])
+    assert error.path == str(tmp_path / "eye_mask.png")
+    # another label set is accepted when declared
+    item = image2d_dataset(cohort, cache="none", labels=(0, 255))[0]
+    assert set(np.unique(item["mask"].numpy()).tolist()) == {0, 255}
+
+
+def test_all_zero_image_is_named(tmp_path):
+    cohort = Cohort.from_manifest(_pair(tmp_path, np.zeros((64, 64), np.uint8), GOOD_MASK))
+    error = _located(lambda: image2d_dataset(cohort, cache="none")[0])
+    assert error.path == str(tmp_path / "eye.png") and error.field == "image"
+    assert "the image is all zero" in str(error)
+
+
+def test_nan_pixel_in_a_float_tiff_is_named(tmp_path):
+    image = GOOD_IMAGE.astype(np.float32)
+    image[3, 7] = np.nan
+    Image.fromarray(image, mode="F").save(tmp_path / "eye.tif")
+    Image.fromarray(GOOD_MASK).save(tmp_path / "eye_mask.png")
+    (tmp_path / "m.csv").write_text("id,image,mask,label,race\neye,eye.tif,eye_mask.png,0,White\n")
+    cohort = Cohort.from_manifest(tmp_path / "m.csv")
+    error = _located(lambda: image2d_dataset(cohort, progress=False))
+    assert error.path == str(tmp_path / "eye.tif") and error.field == "image"
+    # PILReader transposes to (x, y): the NaN at row 3, column 7 is index (0, 7, 3)
+    assert "1 non-finite pixel(s) (NaN or infinite), the first nan at index (0, 7, 3)" in str(error)
+
+
+def test_checks_pass_good_pairs_and_transforms_are_usable_alone(tmp_path):
+    from fairmonai.transforms import CheckFiniteImaged, CheckLabelSetd
+
+    cohort = Cohort.from_manifest(_pair(tmp_path, GOOD_IMAGE, GOOD_MASK))
+    item = image2d_dataset(cohort, cache="none")[0]
+    assert set(np.unique(item["mask"].numpy()).tolist()) == {0, 1, 2}
+    with pytest.raises(InputError, match=r"'label': mask holds non-integer values \(0.5\)"):
+        CheckLabelSetd("label", labels=(0, 1))({"label": np.array([[[0.0, 0.5]]])})
+    with pytest.raises(InputError, match=r"mask values \[7\] are outside the label set \(0, 1\)$"):
+        CheckLabelSetd("label", labels=(0, 1))({"label": np.array([[[0, 7]]])})
+    assert CheckFiniteImaged(allow_all_zero=True)({"image": np.zeros((1, 2, 2))})["image"].shape == (1, 2, 2)

@@ -9,7 +9,7 @@ restarts; the cache key is a hash of the datalist item, so a changed manifest ro
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -18,7 +18,13 @@ from torch.utils.data import Dataset as TorchDataset
 
 from fairmonai.cohort import Cohort
 from fairmonai.transforms.cine import CineEDESd, CineNeighbourhoodd, LoadCineSubjectd
-from fairmonai.transforms.image2d import CheckImageMaskShaped, ToGrayscaled
+from fairmonai.transforms.image2d import (
+    FUNDUS_MASK_LABELS,
+    CheckFiniteImaged,
+    CheckImageMaskShaped,
+    CheckLabelSetd,
+    ToGrayscaled,
+)
 
 __all__ = [
     "CACHE_MODES",
@@ -48,20 +54,30 @@ def cine_transforms(
 
 
 def image2d_transforms(
-    image_size: int | None = None, grayscale: bool = True, with_mask: bool = True, mask_key: str = "mask"
+    image_size: int | None = None,
+    grayscale: bool = True,
+    with_mask: bool = True,
+    mask_key: str = "mask",
+    labels: Sequence[int] | Mapping[int, str] | None = FUNDUS_MASK_LABELS,
 ) -> Compose:
-    """Load a 2D image (PNG, JPEG, ...) and its label mask, check they match, scale to [0, 1], resize.
+    """Load a 2D image (PNG, JPEG, ...) and its label mask, check them, scale to [0, 1], resize.
 
-    The mask keeps its integer labels (nearest-neighbour resizing); the image is bilinear.
-    ``mask_key`` is where the mask path is (``"label"`` when the mask is a segmentation target).
+    Checks, each naming the file: the image has no NaN/infinite pixel and is not all zero, the mask
+    covers the image's pixels and holds only ``labels`` (by default the fundus disc/cup labels 0
+    background, 1 rim, 2 cup; None skips the check). The mask keeps its integer labels
+    (nearest-neighbour resizing); the image is bilinear. ``mask_key`` is where the mask path is
+    (``"label"`` when the mask is a segmentation target).
     """
     keys = ["image", mask_key] if with_mask else ["image"]
     steps: list[Any] = [
         LoadImaged(keys, reader="PILReader", image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
+        CheckFiniteImaged("image"),
         CheckImageMaskShaped(mask_key=mask_key),
-        ScaleIntensityd("image", minv=0.0, maxv=1.0),
     ]
+    if with_mask and labels is not None:
+        steps.append(CheckLabelSetd(mask_key, labels=labels, allow_missing_keys=True))
+    steps.append(ScaleIntensityd("image", minv=0.0, maxv=1.0))
     if grayscale:
         steps.append(ToGrayscaled("image"))
     if image_size is not None:
@@ -126,11 +142,15 @@ def image2d_dataset(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    labels: Sequence[int] | Mapping[int, str] | None = FUNDUS_MASK_LABELS,
 ) -> Dataset:
-    """Dataset of 2D images (and masks when records have them), e.g. the fundus cohort."""
+    """Dataset of 2D images (and masks when records have them), e.g. the fundus cohort.
+
+    ``labels``: the mask's label set (default fundus 0 background, 1 rim, 2 cup; None: unchecked).
+    """
     items = data.to_datalist() if isinstance(data, Cohort) else list(data)
     with_mask = any("mask" in item for item in items)
-    transform = image2d_transforms(image_size, grayscale, with_mask)
+    transform = image2d_transforms(image_size, grayscale, with_mask, labels=labels)
     return cached_dataset(items, transform, cache, cache_dir, num_workers, progress)
 
 

@@ -2,10 +2,12 @@
 
 from fairmonai.io.dicom import LoadDicomSeriesd
 from fairmonai.transforms.cine import CineEDESd, CineNeighbourhoodd, LoadCineSubjectd
-from fairmonai.transforms.image2d import CheckImageMaskShaped, ToGrayscaled
+from fairmonai.transforms.image2d import CheckFiniteImaged, CheckImageMaskShaped, CheckLabelSetd, ToGrayscaled
 
 __all__ = [
+    "CheckFiniteImaged",
     "CheckImageMaskShaped",
+    "CheckLabelSetd",
     "CineEDESd",
     "CineNeighbourhoodd",
     "LoadCineSubjectd",
