@@ -174,3 +174,13 @@ def test_atomic_directory_keeps_the_old_folder_on_error(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+
+def test_a_symlinked_output_folder_keeps_its_link(tmp_path):
+    real = tmp_path / "real"
+    make_phantom("fundus", real, subjects=2, **SMALL)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    make_phantom("fundus", link, subjects=3, force=True, **SMALL)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    _assert_complete(real / "manifest.csv", 3)

@@ -142,7 +142,7 @@ def atomic_directory(path: str | os.PathLike, *, fsync: bool = True) -> Iterator
     Paths written inside the folder should be relative (a manifest's paths are), as the folder moves.
     Decide *whether* to replace ``path`` before (see :func:`check_output_dir`): this function replaces.
     """
-    final = Path(path).absolute()
+    final = Path(path).resolve()  # through a symlink: the folder it names is replaced, the link kept
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover(final)
     tag = _owner_tag()
