@@ -127,6 +127,13 @@ def test_cine_file_layout_and_frame_columns(cardiac, tmp_path):
     assert "expected a 4D cine" in str(_one_problem(rec, kind="cine"))
 
 
+def test_subject_folder_without_its_cine_is_named(cardiac, tmp_path):
+    cohort = _copy_cohort(cardiac, tmp_path)
+    (Path(cohort[0].image) / "sa.nii.gz").unlink()
+    error = _one_problem(cohort[0])  # inferred as a cine subject, not as a DICOM series
+    assert error.field == "image" and f"{Path(cohort[0].image) / 'sa.nii.gz'}: file not found" in str(error)
+
+
 # ------------------------------------------------------------------------------------------------- 2D
 def _pair_cohort(tmp_path: Path, image: np.ndarray, mask: np.ndarray, suffix=".png") -> Cohort:
     Image.fromarray(image).save(tmp_path / f"eye{suffix}")

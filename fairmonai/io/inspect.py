@@ -270,7 +270,9 @@ def _kind_of(image: Path, extra: dict[str, Any]) -> str | None:
     if extra.get("seg_ed") is not None or extra.get("seg_es") is not None:
         return "cine"
     if image.is_dir():
-        return "cine" if (image / CINE_FILE).exists() else "dicom"
+        # a subject folder that lost its sa.nii.gz is still a cine subject, not a DICOM series
+        cine = (image / CINE_FILE).exists() or any(image.glob("*.nii*"))
+        return "cine" if cine else "dicom"
     if _is_nifti(image):
         return "nifti"
     if image.name.lower().endswith(_IMAGE2D_SUFFIXES):
