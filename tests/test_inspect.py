@@ -77,10 +77,10 @@ def test_multi_member_gzip_is_counted_not_rejected(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- cine
 def test_phantom_cohorts_pass(cardiac, tmp_path):
-    inspect_cohort(Cohort.from_manifest(cardiac))
-    inspect_cohort(Cohort.from_manifest(cardiac), kind="cine")
+    assert inspect_cohort(Cohort.from_manifest(cardiac)) == []
+    assert inspect_cohort(Cohort.from_manifest(cardiac), kind="cine") == []
     fundus = make_phantom("fundus", tmp_path / "f", subjects=3, image_size=64)
-    inspect_cohort(Cohort.from_manifest(fundus))
+    assert inspect_cohort(Cohort.from_manifest(fundus)) == []
 
 
 def test_3d_file_in_the_cine_column_and_bad_segmentations(cardiac, tmp_path):
@@ -155,6 +155,16 @@ def test_2d_mask_of_another_size_or_colour(tmp_path):
     assert "mask has mode RGB (several channels); a label mask has one channel" in str(error)
     Image.fromarray(MASK).save(tmp_path / "eye_mask.png")
     assert inspect_record(cohort[0]) == []
+
+
+def test_jpeg_mask_is_a_note_not_an_error(tmp_path):
+    Image.fromarray(IMAGE).save(tmp_path / "eye.png")
+    Image.fromarray(MASK).save(tmp_path / "eye_mask.jpg")
+    (tmp_path / "m.csv").write_text("id,image,mask,race\neye,eye.png,eye_mask.jpg,White\n")
+    cohort = Cohort.from_manifest(tmp_path / "m.csv")
+    notes = inspect_cohort(cohort)
+    assert len(notes) == 1 and "eye_mask.jpg: the mask is a JPEG: lossy compression" in notes[0]
+    assert f"row {_row(cohort, 0)}, field 'mask'" in notes[0]
 
 
 def test_truncated_png_and_jpeg(tmp_path):

@@ -45,11 +45,15 @@ _CHUNK = 1 << 20
 
 
 class _Problem(Exception):
-    """One thing wrong with one file (the file and the column it came from are added by the caller)."""
+    """One thing wrong with one file (the file and the column it came from are added by the caller).
 
-    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+    ``warning``: worth telling, but no reason to stop (returned as a note, not raised).
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, warning: bool = False) -> None:
         super().__init__(message)
         self.path = None if path is None else str(path)
+        self.warning = warning
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI
@@ -224,6 +228,9 @@ def _inspect_image2d(image: Path, mask: Path | None, add: Callable[[str, _Proble
     except _Problem as problem:
         add("mask", problem)
         return
+    if mask.suffix.lower() in (".jpg", ".jpeg"):
+        message = "the mask is a JPEG: lossy compression blurs label edges into values outside the label set"
+        add("mask", _Problem(message, mask, warning=True))
     if mode not in _MASK_MODES:
         add("mask", _Problem(f"mask has mode {mode} (several channels); a label mask has one channel", mask))
     if size is not None and mask_size != size:
@@ -287,7 +294,12 @@ def _where(record: Any, manifest: str | None, row: int | str | None) -> tuple[st
 
 
 def inspect_record(
-    record: Any, *, kind: str | None = None, manifest: str | os.PathLike | None = None, row: int | str | None = None
+    record: Any,
+    *,
+    kind: str | None = None,
+    manifest: str | os.PathLike | None = None,
+    row: int | str | None = None,
+    notes: list[str] | None = None,
 ) -> list[InputError]:
     """Everything wrong with one record's files, found from their headers.
 
@@ -298,6 +310,7 @@ def inspect_record(
             ``sa.nii.gz``: cine; another folder: DICOM; ``.nii(.gz)``: NIfTI; PNG/JPEG/TIFF/BMP: 2D).
         manifest: the manifest file, for the messages (the record's own ``source_path`` wins).
         row: the record's row, for the messages (the record's own ``source_row`` wins).
+        notes: where to append warnings that are no reason to stop (say a JPEG mask), as located text.
 
     Returns:
         One :class:`InputError` per problem, located at the manifest, row and column, its message
@@ -310,7 +323,11 @@ def inspect_record(
 
     def add(field: str, problem: _Problem) -> None:
         prefix = f"{problem.path}: " if problem.path else ""
-        problems.append(InputError(f"{prefix}{problem}", path=path, row=line, field=field))
+        error = InputError(f"{prefix}{problem}", path=path, row=line, field=field)
+        if not problem.warning:
+            problems.append(error)
+        elif notes is not None:
+            notes.append(str(error))
 
     if not record.image:
         add("image", _Problem("no image path"))
@@ -334,13 +351,16 @@ def inspect_record(
     return problems
 
 
-def inspect_cohort(cohort: Sequence[Any], *, kind: str | None = None) -> None:
+def inspect_cohort(cohort: Sequence[Any], *, kind: str | None = None) -> list[str]:
     """Check every record's image headers (see the module docstring); raise once, listing every bad record.
 
     Args:
         cohort: a :class:`~fairmonai.cohort.Cohort` (or a sequence of records).
         kind: the kind of every record's image (:data:`INSPECT_KINDS`), e.g. ``"cine"`` so that a 3D
             file in the image column is an error; None infers it per record.
+
+    Returns:
+        Warnings that are no reason to stop (e.g. a JPEG mask), each located like an error; usually empty.
 
     Raises:
         InputError: at the manifest (``cohort.source``), its message listing each problem as
@@ -349,9 +369,10 @@ def inspect_cohort(cohort: Sequence[Any], *, kind: str | None = None) -> None:
     manifest = getattr(cohort, "source", None)
     records = getattr(cohort, "records", cohort)
     problems: list[InputError] = []
+    notes: list[str] = []
     bad_records = 0
     for index, record in enumerate(records):
-        found = inspect_record(record, kind=kind, manifest=manifest, row=index + 1)
+        found = inspect_record(record, kind=kind, manifest=manifest, row=index + 1, notes=notes)
         problems += found
         bad_records += bool(found)
     if problems:
@@ -362,3 +383,4 @@ def inspect_cohort(cohort: Sequence[Any], *, kind: str | None = None) -> None:
         )
         error.problems = problems
         raise error
+    return notes

@@ -425,7 +425,7 @@ def write_audit(
         force: replace ``out_dir`` even when it is not an audit folder.
         inspect_images: first check every record's image headers
             (:func:`fairmonai.io.inspect.inspect_cohort`); an :class:`~fairmonai.errors.InputError`
-            listing every bad file is raised before anything is written.
+            listing every bad file is raised before anything is written; its warnings join the notes.
 
     Returns:
         ``{"json", "csv", "counts_png", "marginals_png", "html"}`` -> path.
@@ -435,11 +435,13 @@ def write_audit(
     """
     out = Path(out_dir)
     check_output_dir(out, marker=_AUDIT_FILES["json"], what="a fairmonai audit", force=force)
+    image_notes: list[str] = []
     if inspect_images:
         from fairmonai.io.inspect import inspect_cohort
 
-        inspect_cohort(cohort)
+        image_notes = inspect_cohort(cohort)
     audit = audit_cohort(cohort)
+    audit["notes"] += image_notes
     with atomic_directory(out) as tmp:
         paths = {name: tmp / file for name, file in _AUDIT_FILES.items()}
         with atomic_write(paths["json"], encoding="utf-8") as f:
