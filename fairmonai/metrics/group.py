@@ -46,6 +46,19 @@ from typing import Any
 
 import numpy as np
 
+from fairmonai.metrics.base import (
+    UndefinedMetricWarning,
+    _to_numpy,
+    accuracy,
+    as_array,
+    balanced_accuracy_score,
+    false_positive_rate,
+    roc_auc_score,
+    selection_rate,
+    true_negative_rate,
+    true_positive_rate,
+)
+
 __all__ = [
     "GroupKey",
     "MetricFn",
@@ -63,50 +76,7 @@ MetricFn = Callable[[Any, Any], float]
 _DIFF_METHODS = ("between_groups", "to_overall")
 
 
-class UndefinedMetricWarning(UserWarning):
-    """A metric is undefined for some group (e.g. ROC AUC of a group with one true class) and is NaN."""
-
-
 # ----------------------------------------------------------------------------- input helpers
-def _to_numpy(x: Any) -> np.ndarray:
-    """numpy view of a torch tensor (any device), numpy array, pandas object or nested sequence."""
-    if x is None:
-        raise TypeError("expected an array, got None")
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch here
-        return x.detach().cpu().numpy()
-    if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):  # pandas Series / DataFrame
-        return np.asarray(x.to_numpy())
-    return np.asarray(x)
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr.reshape(-1)))
-        raise ValueError(
-            f"{name} contains {bad.size} NaN/inf value(s) (first at flat index {int(bad[0])}); "
-            f"metrics need finite inputs: drop or impute those samples first"
-        )
-    if arr.dtype == object:
-        flat = arr.reshape(-1)
-        bad = [i for i, v in enumerate(flat) if v is None or (isinstance(v, float) and math.isnan(v))]
-        if bad:
-            raise ValueError(f"{name} contains {len(bad)} missing value(s) (None/NaN), first at index {bad[0]}")
-
-
-def as_array(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """Convert ``x`` (numpy, torch, list, pandas) to numpy and reject NaN/inf, naming the argument."""
-    try:
-        arr = _to_numpy(x)
-    except TypeError as exc:
-        raise TypeError(f"{name}: {exc}") from None
-    if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else ndim
-        if arr.ndim not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimension(s), got shape {arr.shape}")
-    _check_finite(arr, name)
-    return arr
-
-
 def _level(value: Any, name: str, index: int) -> str:
     """Canonical level name (same rule as :mod:`fairmonai.cohort`): ``1``, ``1.0``, ``"1"``, ``True`` -> ``"1"``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -262,21 +232,18 @@ def group_name(key: Sequence[str], attributes: Sequence[str] | None = None) -> s
 
 # ----------------------------------------------------------------------------- metric resolution
 def _builtin_metrics() -> dict[str, MetricFn]:
-    # imported lazily: fairness.py builds on this module
-    from fairmonai.metrics import fairness as f
-
     return {
-        "accuracy": f.accuracy,
-        "selection_rate": f.selection_rate,
-        "true_positive_rate": f.true_positive_rate,
-        "tpr": f.true_positive_rate,
-        "false_positive_rate": f.false_positive_rate,
-        "fpr": f.false_positive_rate,
-        "true_negative_rate": f.true_negative_rate,
-        "tnr": f.true_negative_rate,
-        "balanced_accuracy": f.balanced_accuracy_score,
-        "auc": f.roc_auc_score,
-        "roc_auc": f.roc_auc_score,
+        "accuracy": accuracy,
+        "selection_rate": selection_rate,
+        "true_positive_rate": true_positive_rate,
+        "tpr": true_positive_rate,
+        "false_positive_rate": false_positive_rate,
+        "fpr": false_positive_rate,
+        "true_negative_rate": true_negative_rate,
+        "tnr": true_negative_rate,
+        "balanced_accuracy": balanced_accuracy_score,
+        "auc": roc_auc_score,
+        "roc_auc": roc_auc_score,
         "mean": _mean_of_pred,
         "count": _count,
     }
