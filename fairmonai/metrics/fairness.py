@@ -320,13 +320,18 @@ def balanced_accuracy(
     classes: Sequence[Any] | None = None,
     declared_groups: Iterable[Any] | None = None,
     attributes: Sequence[str] | None = None,
+    n_boot: int | None = None,
+    ci_quantiles: Sequence[float] = (0.025, 0.975),
+    random_state: Any = None,
 ) -> float | GroupMetricFrame:
     """Balanced accuracy overall (float), or overall and per group (a :class:`GroupMetricFrame`).
 
     ``(TPR + TNR) / 2`` for binary labels, Eq. 1 of Skorupko et al. (cardiac MRI ControlNet LDM,
     used to pick the best checkpoint and to compare subgroups); mean per-class recall for
     multi-class (:func:`balanced_accuracy_score`, sklearn's definition). With ``sensitive_features``
-    the frame's metric is ``"balanced_accuracy"`` (``frame.by_group``, ``frame.difference()``, ...).
+    the frame's metric is ``"balanced_accuracy"`` (``frame.by_group``, ``frame.difference()``, ...);
+    ``n_boot`` / ``ci_quantiles`` / ``random_state`` add bootstrap intervals resampled within each
+    group (:class:`GroupMetricFrame`: ``frame.interval("balanced_accuracy", group)``).
     """
     prob = _Problem(y_true, y_pred, classes, None, need_pos=False)
     if sensitive_features is None:
@@ -338,6 +343,9 @@ def balanced_accuracy(
         prob.y_pred,
         groups,
         declared_groups=declared_groups,
+        n_boot=n_boot,
+        ci_quantiles=ci_quantiles,
+        random_state=random_state,
     )
 
 
@@ -350,12 +358,17 @@ def auc_per_group(
     pos_label: Any = None,
     declared_groups: Iterable[Any] | None = None,
     attributes: Sequence[str] | None = None,
+    n_boot: int | None = None,
+    ci_quantiles: Sequence[float] = (0.025, 0.975),
+    random_state: Any = None,
 ) -> GroupMetricFrame:
     """ROC AUC overall and per group (metric ``"auc"``), rank statistic of :func:`roc_auc_score`.
 
     FairDiffusion and FairGen report AUC per subgroup. Multi-class ``(N, C)`` scores give the macro
     one-vs-rest AUC. A group whose samples have a single true class has an undefined AUC: NaN in the
     table, skipped in ``difference()``, and an :class:`UndefinedMetricWarning` names the groups.
+    ``n_boot`` / ``ci_quantiles`` / ``random_state``: bootstrap intervals as :class:`GroupMetricFrame`
+    (resamples where a group holds one class are skipped in its quantiles).
     """
     score = as_array(y_score, "y_score", ndim=(1, 2))
     labels = _as_labels(y_true, "y_true")
@@ -365,7 +378,16 @@ def auc_per_group(
     _roc_auc(labels, score, classes=classes, pos_label=pos_label)
     groups = _groups(sensitive_features, labels.shape[0], attributes)
     fn = functools.partial(_roc_auc, classes=classes, pos_label=pos_label, average="macro")
-    frame = GroupMetricFrame({"auc": fn}, labels, score, groups, declared_groups=declared_groups)
+    frame = GroupMetricFrame(
+        {"auc": fn},
+        labels,
+        score,
+        groups,
+        declared_groups=declared_groups,
+        n_boot=n_boot,
+        ci_quantiles=ci_quantiles,
+        random_state=random_state,
+    )
     if math.isnan(frame.overall["auc"]):
         warnings.warn("ROC AUC is undefined (NaN) overall: y_true holds a single class", UndefinedMetricWarning, 2)
     _warn_undefined(frame, "auc", "ROC AUC")
