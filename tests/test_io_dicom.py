@@ -388,3 +388,48 @@ def test_inspect_series_repeated_position_and_shuffled_instance_numbers(tmp_path
     with pytest.raises(InputError, match="InstanceNumber does not follow the slice positions") as info:
         inspect_series(folder)
     assert _error(info).field == "InstanceNumber"
+
+
+def _written_series(folder: Path, slices: int = 6, seed: int = 0) -> Path:
+    from fairmonai.io.writers import write_synthetic_dicom_series
+
+    volume = np.random.default_rng(seed).random((slices, 8, 8)).astype(np.float32)
+    write_synthetic_dicom_series(
+        volume,
+        folder,
+        attributes={"sex": "F", "age": 50},
+        generator="g",
+        generator_version="1",
+        seed=seed,
+        slice_thickness=2.0,
+        record_id=folder.name,
+    )
+    return folder
+
+
+def test_inspect_series_on_written_series_drop_truncate_mix(tmp_path):
+    folder = _written_series(tmp_path / "a")
+    inspect_series(folder, attributes=("sex", "age"))
+    assert load_dicom_series(folder)[0].shape == (8, 8, 6)
+
+    (folder / "slice-0003.dcm").unlink()  # a lost slice
+    with pytest.raises(InputError, match="gap in slice positions") as info:
+        inspect_series(folder)
+    assert "2 mm apart" in str(info.value) and "the step is 4 mm: 1 slice(s) missing" in str(info.value)
+    assert "slice-0002.dcm (InstanceNumber 3" in str(info.value) and "slice-0004.dcm (InstanceNumber 5" in str(
+        info.value
+    )
+
+    folder = _written_series(tmp_path / "b")
+    cut = folder / "slice-0004.dcm"
+    cut.write_bytes(cut.read_bytes()[:-7])  # an interrupted copy: pydicom alone would not notice
+    with pytest.raises(InputError, match="truncated") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(cut) and _error(info).field == "PixelData"
+
+    folder = _written_series(tmp_path / "c")
+    other = _written_series(tmp_path / "d", seed=1)
+    shutil.copy(other / "slice-0000.dcm", folder / "slice-0099.dcm")
+    with pytest.raises(InputError, match="mixed series: 2 different series") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(folder) and "slice-0099.dcm" in str(info.value)
