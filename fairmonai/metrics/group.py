@@ -578,7 +578,7 @@ class GroupMetricFrame:
         # undefined values in a resample are expected (a small group without positives) and become NaN
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
-            for b, seed in enumerate(seeds):
+            for b, seed in enumerate(seeds if n else []):  # no sample: every resample is NaN
                 # one RandomState per replicate from its seed: fairlearn's pandas ``sample(frac=1,
                 # replace=True, random_state=seed)`` draws ``RandomState(seed).randint(0, n, n)``
                 rs = np.random.RandomState(seed)
