@@ -10,8 +10,19 @@ at the first, so that one run tells a bundle author everything to fix:
   ``_target_`` resolves the way ``monai.bundle`` resolves it (MONAI short names, then dotted paths with the
   bundle root on ``sys.path`` so that ``scripts.*`` targets resolve);
 - every plugin that a config loads through ``fairmonai.registry.create``/``get`` is installed;
-- model files whose checksum the metadata records match it; a missing ``models/model.pt`` is a warning,
-  because models are produced by training and never committed.
+- model files whose checksum the metadata records match it; every other model file under ``models/``
+  (``*.pt``, ``*.pth``, ``*.ckpt``) is loaded with ``torch.load(weights_only=True)``, so a truncated or
+  corrupt file fails; a missing ``models/model.pt`` is a warning, because models are produced by training
+  and never committed.
+
+Resolving a ``_target_`` IMPORTS the module it names, exactly as ``monai.bundle run`` would: for a bundle's
+own ``scripts.*`` targets that runs the bundle's code (and any module-level code of the packages named).
+Check only bundles you trust this way. ``static=True`` (``fairmonai verify-bundle --static``) imports
+nothing from the bundle or from the packages its targets name: a dotted ``_target_`` is checked by finding
+its module file on disk (the bundle root, then installed packages) and reading, not running, the module's
+source for the name; plugins are looked up in the installed entry points without loading them; MONAI
+short names are looked up in MONAI (an installed, trusted package). Loading model files with
+``weights_only=True`` runs no pickled code and happens in both modes.
 
 MONAI's ``verify_metadata`` validates against a JSON schema that it downloads from the URL in the
 metadata's ``schema`` key. Nothing here downloads anything: the schema is checked only against a local
@@ -23,13 +34,17 @@ Command line (wired as ``fairmonai verify-bundle PATH``; also ``python -m fairmo
     WARNING models/model.pt: not found; models are produced by training and are not committed
     ERROR configs/train.yaml: no sampler plugin named 'sqr'. Available sampler plugins: cbrs, sqrs. ...
     FAILED: 1 error(s) in bundles/downstream_classifier
+
+``fairmonai verify-bundle --static PATH`` checks an untrusted bundle without importing its code.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -62,6 +77,8 @@ NOTE = "note"  # information that is neither pass nor fail (e.g. a check that wa
 
 METADATA_FILE = "configs/metadata.json"
 MODEL_FILE = "models/model.pt"
+#: files under models/ that are torch checkpoints, loaded with weights_only=True when no checksum covers them
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt")
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 SCHEMA_ENV = "FAIRMONAI_BUNDLE_SCHEMA"
 
@@ -162,7 +179,9 @@ class BundleReport:
         return "\n".join(lines)
 
 
-def verify_bundle(path: str | os.PathLike, schema_file: str | os.PathLike | None = None) -> BundleReport:
+def verify_bundle(
+    path: str | os.PathLike, schema_file: str | os.PathLike | None = None, *, static: bool = False
+) -> BundleReport:
     """Check the bundle at ``path`` and report every problem found.
 
     Args:
@@ -170,9 +189,12 @@ def verify_bundle(path: str | os.PathLike, schema_file: str | os.PathLike | None
         schema_file: a local copy of the JSON schema named by the metadata's ``schema`` URL; defaults to
             the ``FAIRMONAI_BUNDLE_SCHEMA`` environment variable. Without one the schema check is skipped
             with a note (MONAI would download it; fairmonai never does).
+        static: check ``_target_`` values and plugins without importing anything they name (see the
+            module docstring); use it for a bundle you do not trust.
 
-    Config files are parsed, never run, but resolving a ``_target_`` imports its module, as
-    ``monai.bundle run`` would: check only bundles you trust.
+    Config files are parsed, never run, but by default resolving a ``_target_`` IMPORTS its module, as
+    ``monai.bundle run`` would, which runs the bundle's ``scripts`` code: check only bundles you trust,
+    or pass ``static=True``.
     """
     root = Path(path)
     report = BundleReport(path=root)
@@ -190,23 +212,33 @@ def verify_bundle(path: str | os.PathLike, schema_file: str | os.PathLike | None
         for f in sorted((root / "configs").rglob("*"))
         if f.is_file() and f.suffix.lower() in CONFIG_SUFFIXES and _rel(f, root) != METADATA_FILE
     ]
-    with _bundle_on_sys_path(root):
+    if static:
+        report.add(NOTE, "configs", "static check: _target_ values were located on disk, not imported")
         for config_file in config_files:
-            report.problems.extend(_check_config(config_file, root))
+            report.problems.extend(_check_config(config_file, root, static=True))
+    else:
+        with _bundle_on_sys_path(root):
+            for config_file in config_files:
+                report.problems.extend(_check_config(config_file, root))
     _check_models(root, metadata or {}, report)
     return report
 
 
-def check_config(path: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> list[BundleProblem]:
+def check_config(
+    path: str | os.PathLike, bundle_root: str | os.PathLike | None = None, *, static: bool = False
+) -> list[BundleProblem]:
     """Check one config file: it parses, its ``_target_`` values resolve and its plugins are installed.
 
     ``bundle_root`` (default: the parent of a ``configs/`` folder holding the file, else the file's folder)
-    goes on ``sys.path`` while resolving, as ``monai.bundle run`` does, so ``scripts.*`` targets resolve.
+    goes on ``sys.path`` while resolving, as ``monai.bundle run`` does, so ``scripts.*`` targets resolve;
+    that imports the bundle's code. ``static=True`` locates targets on disk without importing them.
     """
     file = Path(path)
     if bundle_root is None:
         bundle_root = file.parent.parent if file.parent.name == "configs" else file.parent
     root = Path(bundle_root)
+    if static:
+        return _check_config(file, root, static=True)
     with _bundle_on_sys_path(root):
         return _check_config(file, root)
 
@@ -335,7 +367,7 @@ def _check_required_configs(root: Path, report: BundleReport) -> None:
         )
 
 
-def _check_config(file: Path, root: Path) -> list[BundleProblem]:
+def _check_config(file: Path, root: Path, static: bool = False) -> list[BundleProblem]:
     from monai.bundle import ConfigParser
 
     rel = _rel(file, root)
@@ -361,7 +393,7 @@ def _check_config(file: Path, root: Path) -> list[BundleProblem]:
         target = item["_target_"]
         if not isinstance(target, str) or target.startswith(_REFERENCE_PREFIXES):
             continue  # computed at run time: nothing to check statically
-        failure = _unresolved(target)
+        failure = _static_unresolved(target, root) if static else _unresolved(target)
         if failure is not None:
             # a component disabled by a literal flag is never built, so a missing optional package is no error
             disabled = str(item.get("_disabled_", False)).strip().lower() == "true"
@@ -374,7 +406,7 @@ def _check_config(file: Path, root: Path) -> list[BundleProblem]:
             )
             continue
         if target in REGISTRY_TARGETS:
-            problems.extend(_check_plugin(item, item_id, rel))
+            problems.extend(_check_plugin(item, item_id, rel, load=not static))
     return problems
 
 
@@ -415,7 +447,123 @@ def _unresolved(target: str) -> str | None:
     return None
 
 
-def _check_plugin(item: dict, item_id: str, rel: str) -> list[BundleProblem]:
+def _static_unresolved(target: str, root: Path) -> str | None:
+    """Why ``target`` would not resolve, found without importing anything it names (None: it would, or
+    it cannot be told without running code, e.g. a module that defines ``__getattr__`` or ``import *``).
+
+    The longest dotted prefix that is a module file is found on disk, first under the bundle root (as
+    ``monai.bundle run`` puts it first on ``sys.path``), then in installed packages (only top-level
+    names are looked up with ``importlib.util.find_spec``, which imports nothing for them); the next name
+    must be defined at the top level of that module's source.
+    """
+    global _locator
+    parts = target.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return "is not a dotted Python path"
+    if len(parts) == 1:
+        if _locator is None:
+            from monai.bundle import ComponentLocator
+
+            _locator = ComponentLocator()
+        if _locator.get_component_module_name(target) is not None:
+            return None
+        return "is neither a MONAI component name nor a dotted path"
+    top = parts[0]
+    search: list[Path] = []
+    local = [root / top, root / f"{top}.py"]
+    if any(p.exists() for p in local):
+        search = [root]
+    else:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return f"cannot be located: no module {top!r} in the bundle or among the installed packages"
+        if spec.submodule_search_locations:
+            search = [Path(p).parent for p in spec.submodule_search_locations]
+        elif spec.origin and spec.origin.endswith(".py"):
+            search = [Path(spec.origin).parent]
+        else:
+            return None  # a built-in or compiled module: its names cannot be read without importing it
+    found = next((f for f in (_static_module(base, parts) for base in search) if f is not None), None)
+    if found is None:
+        return f"cannot be located: no module file for {target!r}"
+    module_file, consumed = found
+    if module_file is None or consumed == len(parts):
+        return None  # compiled or namespace module (unreadable), or the target is a module itself
+    name = parts[consumed]
+    defined = _top_level_names(module_file)
+    if defined is None or name in defined:
+        return None
+    return f"does not resolve: {'.'.join(parts[:consumed])} ({_display(module_file, root)}) defines no {name!r}"
+
+
+def _static_module(base: Path, parts: list[str]) -> tuple[Path | None, int] | None:
+    """``(module source file, number of parts it covers)`` of the longest module prefix of ``parts`` under
+    ``base``; the file is None for a package without ``__init__.py`` or a compiled module (unreadable)."""
+    found: tuple[Path | None, int] | None = None
+    folder = base
+    for i, part in enumerate(parts, start=1):
+        if (folder / part).is_dir():
+            init = folder / part / "__init__.py"
+            found = (init if init.is_file() else None, i)
+            folder = folder / part
+        elif (folder / f"{part}.py").is_file():
+            return folder / f"{part}.py", i
+        elif any(folder.glob(f"{part}.*.so")) or any(folder.glob(f"{part}.*.pyd")):
+            return None, i
+        else:
+            break
+    return found
+
+
+def _top_level_names(module_file: Path) -> set[str] | None:
+    """Names bound at the top level of a module's source; None when that cannot be told statically."""
+    try:
+        tree = ast.parse(module_file.read_text(encoding="utf-8"), filename=str(module_file))
+    except (OSError, UnicodeDecodeError, SyntaxError):
+        return None  # the import-time error is not ours to report statically
+    names: set[str] = set()
+    for node in _top_level_statements(tree.body):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, ast.Name):
+                        names.add(sub.id)
+    if "__getattr__" in names:
+        return None
+    return names
+
+
+def _top_level_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements run at import time, including those under top-level ``if``/``try``/``with`` blocks."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.If | ast.For | ast.While | ast.With):
+            yield from _top_level_statements(node.body)
+            yield from _top_level_statements(getattr(node, "orelse", []))
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                yield from _top_level_statements(block)
+
+
+def _display(file: Path, root: Path) -> str:
+    try:
+        return file.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(file)
+
+
+def _check_plugin(item: dict, item_id: str, rel: str, load: bool = True) -> list[BundleProblem]:
     kind, name = item.get("kind"), item.get("name")
     if kind is None or name is None:
         missing = " and ".join(k for k in ("kind", "name") if item.get(k) is None)
@@ -425,7 +573,10 @@ def _check_plugin(item: dict, item_id: str, rel: str) -> list[BundleProblem]:
     if kind.startswith(_REFERENCE_PREFIXES) or name.startswith(_REFERENCE_PREFIXES):
         return []  # chosen at run time
     try:
-        registry.get(kind, name)  # loads it too: an installed plugin that fails to import is an error
+        if load:
+            registry.get(kind, name)  # loads it too: an installed plugin that fails to import is an error
+        else:
+            registry.info(kind, name)  # static: the entry point is registered; nothing is imported
     except registry.PluginError as exc:  # unknown name (with the closest match), import failure, clash
         return [BundleProblem(ERROR, rel, f"plugin at {item_id!r}: {exc}")]
     return []
@@ -494,6 +645,34 @@ def _check_models(root: Path, metadata: dict, report: BundleReport) -> None:
     if MODEL_FILE not in expected and not (root / MODEL_FILE).is_file():
         report.add(WARNING, MODEL_FILE, "not found; models are produced by training and are not committed")
 
+    # a file no checksum covers is at least loaded, so that a truncated or corrupt checkpoint fails here
+    covered = {os.path.normpath(rel) for rel in expected}
+    models = root / "models"
+    for file in sorted(models.rglob("*")) if models.is_dir() else []:
+        rel = _rel(file, root)
+        if file.is_file() and file.suffix.lower() in MODEL_SUFFIXES and os.path.normpath(rel) not in covered:
+            failure = _unloadable(file)
+            if failure is not None:
+                report.add(ERROR, rel, failure)
+
+
+def _unloadable(path: Path) -> str | None:
+    """Why ``torch.load(path, weights_only=True)`` fails (None when it loads): it runs no pickled code."""
+    import torch
+
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes): not a torch checkpoint (no checksum is recorded for it)"
+    try:  # memory-map so that a large checkpoint is not read into memory just to be checked
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return None
+    except Exception:  # legacy (non-zip) format, or damage: the plain load gives the clearer message
+        pass
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, a class outside the weights_only allow-list
+        return f"cannot be loaded with torch.load(weights_only=True) (no checksum is recorded for it): {_one_line(exc)}"
+    return None
+
 
 def _file_digest(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
@@ -556,23 +735,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"local copy of the metadata JSON schema (never downloaded); default ${SCHEMA_ENV}",
     )
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="do not import the bundle's code: locate _target_ paths on disk and read, not run, their source "
+        "(by default resolving a _target_ imports its module, running the bundle's scripts)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Print the report of each bundle; 0 when none has an error, 1 otherwise."""
     status = 0
     for path in args.path:
-        report = verify_bundle(path, schema_file=args.schema)
+        report = verify_bundle(path, schema_file=args.schema, static=getattr(args, "static", False))
         print(report.format())
         status = status or int(not report.ok)
     return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fairmonai verify-bundle PATH [PATH ...] [--schema FILE]``; returns the exit code."""
+    """``fairmonai verify-bundle PATH [PATH ...] [--schema FILE] [--static]``; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="fairmonai verify-bundle",
-        description="Check MONAI bundles: files, metadata, configs, _target_ paths, plugins and checksums.",
+        description="Check MONAI bundles: files, metadata, configs, _target_ paths, plugins, checksums and "
+        "model files. Resolving _target_ paths imports the bundle's code (as monai.bundle run does); "
+        "--static checks them without importing anything.",
     )
     add_arguments(parser)
     return run_cli(parser.parse_args(argv))

@@ -94,7 +94,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_verify_bundle(args: argparse.Namespace) -> int:
     from fairmonai.bundle_check import main as verify_main
 
-    return verify_main([args.path])
+    return verify_main([args.path] + (["--static"] if args.static else []))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify-bundle", help="model-zoo and fairmonai checks of a MONAI bundle")
     p.add_argument("path", help="bundle folder")
+    p.add_argument("--static", action="store_true", help="check _target_ paths without importing the bundle's code")
     p.set_defaults(func=_cmd_verify_bundle)
 
     p = sub.add_parser("demo", help="build the built-in cardiac cohort and audit it")

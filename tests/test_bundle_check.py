@@ -336,3 +336,92 @@ def test_local_schema_copy(bundle: Path, tmp_path: Path) -> None:
         assert report.ok and any("jsonschema package is not installed" in str(n) for n in report.notes)
     else:
         assert any("schema" in m and "version" in m for m in messages(report))
+
+
+# ------------------------------------------------------------------------------------ model files
+
+
+def test_truncated_model_without_checksum_fails_naming_the_file(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b", model=False)
+    (root / "models").mkdir()
+    torch.save({"weight": torch.arange(1000.0)}, root / "models" / "model.pt")
+    assert verify_bundle(root).ok  # an intact checkpoint without a checksum loads and passes
+    data = (root / "models" / "model.pt").read_bytes()
+    (root / "models" / "model.pt").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    report = verify_bundle(root)
+    (error,) = report.errors
+    assert error.file == "models/model.pt"
+    assert "cannot be loaded with torch.load(weights_only=True)" in error.message
+    assert "no checksum is recorded" in error.message
+    assert "ERROR models/model.pt: cannot be loaded" in report.format()
+
+
+def test_every_unchecksummed_checkpoint_under_models_is_loaded(bundle: Path) -> None:
+    torch.save({"w": torch.ones(8)}, bundle / "models" / "ema.pth")
+    assert verify_bundle(bundle).ok
+    (bundle / "models" / "ema.pth").write_bytes((bundle / "models" / "ema.pth").read_bytes()[:-40])
+    (bundle / "models" / "empty.ckpt").write_bytes(b"")
+    report = verify_bundle(bundle)
+    assert sorted(e.file for e in report.errors) == ["models/ema.pth", "models/empty.ckpt"]
+    assert any("is empty (0 bytes)" in m for m in messages(report))
+
+
+def test_checkpoint_needing_pickled_code_fails_the_weights_only_load(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b", model=False)
+    (root / "models").mkdir()
+    torch.save({"opt": Path("x")}, root / "models" / "model.pt")  # a pickled class outside the allow-list
+    (error,) = verify_bundle(root).errors
+    assert error.file == "models/model.pt" and "weights_only" in error.message
+
+
+# ----------------------------------------------------------------------------------------- static mode
+
+
+def test_static_mode_does_not_import_the_bundle(bundle: Path) -> None:
+    """A scripts module that raises on import (and would leave a marker file) passes the static check."""
+    marker = bundle / "imported.txt"
+    (bundle / "scripts" / "net.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "raise RuntimeError('bundle code ran at check time')\n\n"
+        "class Net:\n    pass\n"
+    )
+    config = valid_inference_config()
+    config["net"] = {"_target_": "scripts.net.Net"}
+    write_yaml(bundle / "configs" / "inference.yaml", config)
+
+    report = verify_bundle(bundle, static=True)
+    assert report.ok, report.format()
+    assert report.problems == []
+    assert not marker.exists() and "scripts" not in sys.modules
+    assert any("static check" in str(n) for n in report.notes)
+
+    dynamic = verify_bundle(bundle)  # the default mode imports it, as monai.bundle run would
+    assert any("bundle code ran at check time" in m for m in messages(dynamic))
+    assert marker.exists()
+
+
+def test_static_mode_still_finds_bad_targets_and_plugins(bundle: Path) -> None:
+    config = valid_inference_config()
+    config["post"] = {"_target_": "scripts.helpers.thresold"}  # typo, in the bundle's own code
+    config["loss"] = {"_target_": "torch.nn.functional.not_a_loss"}
+    config["missing"] = {"_target_": "no_such_package_xyz.Thing"}
+    config["sampler"]["name"] = "sqr"
+    write_yaml(bundle / "configs" / "inference.yaml", config)
+    report = verify_bundle(bundle, static=True)
+    found = messages(report)
+    assert any("'scripts.helpers.thresold'" in m and "scripts/helpers.py" in m and "'thresold'" in m for m in found)
+    assert any("no_such_package_xyz" in m and "cannot be located" in m for m in found)
+    assert any("no sampler plugin named 'sqr'" in m for m in found)
+    # functional.py is plain Python source: a missing name is found by reading it
+    assert any("torch.nn.functional.not_a_loss" in m for m in found)
+    assert len(report.errors) == 4
+
+
+def test_static_flag_on_the_command_line(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fairmonai.cli import main as cli_main
+
+    (bundle / "scripts" / "helpers.py").write_text("raise ImportError('no GPU here')\ndef threshold(x):\n    pass\n")
+    assert cli_main(["verify-bundle", "--static", str(bundle)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"OK: {bundle}"
+    assert cli_main(["verify-bundle", str(bundle)]) == 1
+    assert "no GPU here" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from fairmonai.errors import InputError
 from fairmonai.io.dicom import (
     LoadDicomSeriesd,
     attributes_from_dicom,
+    inspect_series,
     is_dicom_path,
     load_dicom_series,
     parse_age,
@@ -26,6 +27,7 @@ DIRTESTS = CT_SMALL.parent / "dicomdirtests"
 CT5N = DIRTESTS / "98892001" / "CT5N"  # one CT series, 5 slices, male, 043Y
 MIXED = DIRTESTS / "98892003" / "MR2"  # 7 files from 3 different series
 RADIAL = DIRTESTS / "98892003" / "MR700"  # 7 slices, each with its own orientation
+CT_GAP = DIRTESTS / "77654033" / "CT2"  # InstanceNumbers 18, 180, 181, 182: slices 19-179 are not there
 
 
 def _error(exc_info) -> InputError:
@@ -210,6 +212,7 @@ def test_slice_of_other_size_and_missing_instance_number(tmp_path):
     first = pydicom.dcmread(folder / "2062")
     odd = pydicom.dcmread(CT_SMALL)  # 128 x 128, the series is 16 x 16
     odd.SeriesInstanceUID = first.SeriesInstanceUID
+    odd.PatientID = first.PatientID
     odd.ImageOrientationPatient = first.ImageOrientationPatient
     odd.InstanceNumber = 99
     odd.save_as(folder / "odd")
@@ -275,3 +278,158 @@ def test_shipped_truncated_rtplan_is_named():
     with pytest.raises(InputError, match="truncated") as info:
         read_dicom_attributes(path)
     assert _error(info).path == str(path) and _error(info).field == "BeamSequence"
+
+
+# ------------------------------------------------------------------------------------------ inspect_series
+def test_inspect_series_passes_good_series_and_single_files():
+    assert inspect_series(CT5N) is None
+    assert inspect_series(CT_SMALL) is None
+    assert inspect_series(CT5N, attributes=("sex", "age", "modality")) is None
+
+
+def test_inspect_series_finds_the_missing_slices_of_a_shipped_series():
+    """pydicom's CT2 series keeps slices 18 and 180-182 of a 1.25 mm series: 161 slices are missing."""
+    for check in (inspect_series, load_dicom_series):
+        with pytest.raises(InputError, match="gap in slice positions") as info:
+            check(CT_GAP)
+        err = _error(info)
+        assert err.path == str(CT_GAP) and err.field == "ImagePositionPatient"
+        assert "1.25 mm apart" in err.reason and "161 slice(s) missing" in err.reason
+        assert "InstanceNumber 18," in err.reason and "InstanceNumber 180," in err.reason
+
+
+def test_inspect_series_dropped_slice_of_a_shipped_series(tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    (folder / "2693").unlink()  # the middle slice (InstanceNumber 8)
+    with pytest.raises(InputError, match="gap in slice positions") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(folder) and "1 slice(s) missing" in str(info.value)
+    assert "2392 (InstanceNumber 7" in str(info.value) and "3023 (InstanceNumber 9" in str(info.value)
+
+
+def test_inspect_series_reads_every_header_not_the_first_only(tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    last = folder / "3353"  # the last file by name
+    last.write_bytes(last.read_bytes()[:400])  # cut inside the header
+    with pytest.raises(InputError, match="truncated") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(last)
+    last.write_bytes(b"\0" * 200)  # garbage
+    with pytest.raises(InputError, match="not a DICOM file") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(last)
+
+
+def test_inspect_series_several_series_or_patients(tmp_path):
+    with pytest.raises(InputError, match="mixed series") as info:
+        inspect_series(MIXED)
+    assert _error(info).field == "SeriesInstanceUID" and _error(info).path == str(MIXED)
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    ds = pydicom.dcmread(folder / "3023")
+    ds.PatientID = "OTHER-PATIENT"
+    ds.save_as(folder / "3023")
+    with pytest.raises(InputError, match="mixed patients: 2 different patients") as info:
+        load_dicom_series(folder)
+    assert _error(info).field == "PatientID" and "OTHER-PATIENT: 1 file(s), e.g. 3023" in str(info.value)
+
+
+@pytest.mark.parametrize("tag", ["ImagePositionPatient", "ImageOrientationPatient", "BitsAllocated"])
+def test_inspect_series_missing_required_tag_names_tag_and_file(tmp_path, tag):
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    ds = pydicom.dcmread(folder / "2693")
+    delattr(ds, tag)
+    ds.save_as(folder / "2693")
+    with pytest.raises(InputError, match=f"required tag {tag} is missing") as info:
+        inspect_series(folder)
+    err = _error(info)
+    assert err.path == str(folder / "2693") and err.field == tag and "manifest row" not in str(err)
+
+
+def test_inspect_series_attribute_tags(tmp_path):
+    with pytest.raises(InputError, match="required tag PatientWeight is missing") as info:
+        inspect_series(CT5N, attributes=("bmi",))  # CT5N has no weight or size
+    assert _error(info).path == str(CT5N / "2062") and "attribute 'bmi'" in str(info.value)
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    ds = pydicom.dcmread(folder / "3023")
+    ds.PatientSex = ""
+    ds.save_as(folder / "3023")
+    inspect_series(folder)  # the sex is not needed
+    with pytest.raises(InputError, match="required tag PatientSex is missing or empty") as info:
+        inspect_series(folder, attributes=("sex",))
+    assert _error(info).path == str(folder / "3023") and _error(info).field == "PatientSex"
+    ds.PatientSex = "F"
+    ds.save_as(folder / "3023")
+    with pytest.raises(InputError, match="slices of one series disagree") as info:
+        inspect_series(folder, attributes=("sex",))
+    assert _error(info).path == str(folder / "3023")
+    with pytest.raises(ValueError, match="unknown DICOM attributes"):
+        inspect_series(folder, attributes=("race",))
+
+
+def test_inspect_series_repeated_position_and_shuffled_instance_numbers(tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(CT5N, folder)
+    ds = pydicom.dcmread(folder / "2693")
+    ds.ImagePositionPatient = pydicom.dcmread(folder / "2392").ImagePositionPatient
+    ds.save_as(folder / "2693")
+    with pytest.raises(InputError, match="same position"):
+        inspect_series(folder)
+    shutil.rmtree(folder)
+    shutil.copytree(CT5N, folder)
+    a, b = pydicom.dcmread(folder / "2062"), pydicom.dcmread(folder / "2693")
+    a.InstanceNumber, b.InstanceNumber = b.InstanceNumber, a.InstanceNumber
+    a.save_as(folder / "2062")
+    b.save_as(folder / "2693")
+    with pytest.raises(InputError, match="InstanceNumber does not follow the slice positions") as info:
+        inspect_series(folder)
+    assert _error(info).field == "InstanceNumber"
+
+
+def _written_series(folder: Path, slices: int = 6, seed: int = 0) -> Path:
+    from fairmonai.io.writers import write_synthetic_dicom_series
+
+    volume = np.random.default_rng(seed).random((slices, 8, 8)).astype(np.float32)
+    write_synthetic_dicom_series(
+        volume,
+        folder,
+        attributes={"sex": "F", "age": 50},
+        generator="g",
+        generator_version="1",
+        seed=seed,
+        slice_thickness=2.0,
+        record_id=folder.name,
+    )
+    return folder
+
+
+def test_inspect_series_on_written_series_drop_truncate_mix(tmp_path):
+    folder = _written_series(tmp_path / "a")
+    inspect_series(folder, attributes=("sex", "age"))
+    assert load_dicom_series(folder)[0].shape == (8, 8, 6)
+
+    (folder / "slice-0003.dcm").unlink()  # a lost slice
+    with pytest.raises(InputError, match="gap in slice positions") as info:
+        inspect_series(folder)
+    assert "2 mm apart" in str(info.value) and "the step is 4 mm: 1 slice(s) missing" in str(info.value)
+    assert "slice-0002.dcm (InstanceNumber 3" in str(info.value) and "slice-0004.dcm (InstanceNumber 5" in str(
+        info.value
+    )
+
+    folder = _written_series(tmp_path / "b")
+    cut = folder / "slice-0004.dcm"
+    cut.write_bytes(cut.read_bytes()[:-7])  # an interrupted copy: pydicom alone would not notice
+    with pytest.raises(InputError, match="truncated") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(cut) and _error(info).field == "PixelData"
+
+    folder = _written_series(tmp_path / "c")
+    other = _written_series(tmp_path / "d", seed=1)
+    shutil.copy(other / "slice-0000.dcm", folder / "slice-0099.dcm")
+    with pytest.raises(InputError, match="mixed series: 2 different series") as info:
+        inspect_series(folder)
+    assert _error(info).path == str(folder) and "slice-0099.dcm" in str(info.value)

@@ -11,7 +11,12 @@ from fairmonai.cohort import Cohort
 from fairmonai.errors import InputError
 from fairmonai.io.dicom import load_dicom_series, read_dicom_attributes
 from fairmonai.io.manifest import write_manifest
-from fairmonai.io.writers import write_synthetic_dicom_series, write_synthetic_nifti
+from fairmonai.io.writers import (
+    is_synthetic_dicom_file,
+    synthetic_pseudonym,
+    write_synthetic_dicom_series,
+    write_synthetic_nifti,
+)
 
 PROVENANCE = {"generator": "cardiac-ldm", "generator_version": "0.3.1", "seed": 17}
 
@@ -54,8 +59,11 @@ def test_dicom_round_trip_pixels_attributes_and_marking(tmp_path):
     assert [int(ds.InstanceNumber) for ds in slices] == [1, 2, 3, 4]
     for ds in slices:
         assert ds.SyntheticData == "YES" and ds.ConversionType == "SYN" and ds.PatientIdentityRemoved == "YES"
-        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and str(ds.PatientName) == "SYNTHETIC^syn-1"
+        pseudonym = synthetic_pseudonym("cardiac-ldm", 17, "syn-1")
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and str(ds.PatientName) == f"SYNTHETIC^{pseudonym}"
+        assert ds.PatientID == f"SYN-{pseudonym}" and "syn-1" not in str(ds.PatientName) + ds.PatientID
         assert "SYNTHETIC" in ds.SeriesDescription and "cardiac-ldm" in ds.ImageComments
+        assert "Female" not in ds.ImageComments  # the prompt stays in the record, not in the tags
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert len({ds.SOPInstanceUID for ds in slices}) == 4
     shared = {ds.StudyInstanceUID for ds in slices} | {ds.SeriesInstanceUID for ds in slices}
@@ -105,7 +113,7 @@ def test_dicom_uid_entropy_gives_identical_files(tmp_path):
 def test_dicom_rewrite_replaces_folder(tmp_path):
     out = tmp_path / "series"
     write_synthetic_dicom_series(np.zeros((5, 8, 8)), out, attributes={}, **PROVENANCE)
-    write_synthetic_dicom_series(np.ones((2, 8, 8)), out, attributes={"sex": "O"}, **PROVENANCE)
+    write_synthetic_dicom_series(np.ones((2, 8, 8)), out, attributes={"sex": "O"}, overwrite=True, **PROVENANCE)
     assert len(_files(out)) == 2 and read_dicom_attributes(out)["sex"] == "O"
     assert _leftovers(tmp_path) == []
 
@@ -130,8 +138,8 @@ def test_dicom_failed_write_leaves_nothing(tmp_path, monkeypatch):
     before = {f.name: f.read_bytes() for f in _files(tmp_path / "old")}
     calls.clear()
     monkeypatch.setattr(pydicom.Dataset, "save_as", failing_save)
-    with pytest.raises(OSError):
-        write_synthetic_dicom_series(np.ones((4, 8, 8)), tmp_path / "old", attributes={}, **PROVENANCE)
+    with pytest.raises(OSError, match="disk full"):
+        write_synthetic_dicom_series(np.ones((4, 8, 8)), tmp_path / "old", attributes={}, overwrite=True, **PROVENANCE)
     assert {f.name: f.read_bytes() for f in _files(tmp_path / "old")} == before  # the old series is intact
     assert _leftovers(tmp_path) == []
 
@@ -142,6 +150,81 @@ def test_dicom_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         write_synthetic_dicom_series(np.full((1, 4, 4), np.nan), tmp_path / "x", attributes={}, **PROVENANCE)
     assert not (tmp_path / "x").exists()
+
+
+def _tag_text(folder: Path) -> str:
+    """Every text value of every tag of every file (the pixel data left out)."""
+    out = []
+    for f in _files(folder):
+        for elem in pydicom.dcmread(f, stop_before_pixels=True).iterall():
+            if elem.VR in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"):
+                out.append(str(elem.value))
+    return "\n".join(out)
+
+
+def test_dicom_refuses_an_existing_folder_unless_asked(tmp_path):
+    out = tmp_path / "scan"
+    out.mkdir()
+    write_synthetic_dicom_series(np.zeros((2, 4, 4)), out, attributes={}, **PROVENANCE)  # an empty folder is fine
+    (out / "report.pdf").write_bytes(b"%PDF")
+    before = {f.name: f.read_bytes() for f in _files(out)}
+    with pytest.raises(FileExistsError, match="refusing to write") as info:
+        write_synthetic_dicom_series(np.ones((2, 4, 4)), out, attributes={}, **PROVENANCE)
+    assert str(out) in str(info.value) and "overwrite=True" in str(info.value)
+    assert {f.name: f.read_bytes() for f in _files(out)} == before
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        write_synthetic_dicom_series(
+            np.ones((2, 4, 4)), tmp_path / "a_file", attributes={}, overwrite=True, **PROVENANCE
+        )
+
+
+def test_dicom_overwrite_replaces_only_what_it_wrote(tmp_path):
+    out = tmp_path / "scan"
+    write_synthetic_dicom_series(np.zeros((5, 4, 4)), out, attributes={"sex": "F"}, **PROVENANCE)
+    assert all(is_synthetic_dicom_file(f) for f in _files(out))
+    (out / "notes.txt").write_text("keep me")
+    (out / "sub").mkdir()
+    (out / "sub" / "x.dcm").write_bytes(b"keep")
+    real = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    real.save_as(out / "slice-0042.dcm")  # named like a slice, but not the writer's
+    write_synthetic_dicom_series(np.ones((2, 4, 4)), out, attributes={"sex": "M"}, overwrite=True, **PROVENANCE)
+    names = [f.name for f in _files(out)]
+    assert names == ["notes.txt", "slice-0000.dcm", "slice-0001.dcm", "slice-0042.dcm", "sub"]  # 3 old slices gone
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "sub" / "x.dcm").read_bytes() == b"keep"
+    assert pydicom.dcmread(out / "slice-0042.dcm").SOPInstanceUID == real.SOPInstanceUID
+    assert not is_synthetic_dicom_file(out / "slice-0042.dcm") and not is_synthetic_dicom_file(out / "notes.txt")
+    assert pydicom.dcmread(out / "slice-0000.dcm").PatientSex == "M"
+    assert _leftovers(tmp_path) == []
+
+    # a file the writer did not write, with the name of a new slice, is never replaced
+    real.save_as(out / "slice-0000.dcm")
+    with pytest.raises(FileExistsError, match="did not write") as info:
+        write_synthetic_dicom_series(np.ones((2, 4, 4)), out, attributes={}, overwrite=True, **PROVENANCE)
+    assert str(out / "slice-0000.dcm") in str(info.value)
+    assert pydicom.dcmread(out / "slice-0000.dcm").SOPInstanceUID == real.SOPInstanceUID
+    assert pydicom.dcmread(out / "slice-0001.dcm").PatientSex == "M" and _leftovers(tmp_path) == []
+
+
+def test_dicom_tags_carry_no_text_from_paths_or_prompts(tmp_path):
+    mrn = "MRN-40812377"  # a folder named after a real patient's record number
+    prompt = "Female, age in 60s, John Smith follow-up"
+    rec = write_synthetic_dicom_series(
+        np.zeros((2, 4, 4)), tmp_path / mrn, attributes={"sex": "F", "age": 64}, prompt=prompt, **PROVENANCE
+    )
+    assert rec.id == mrn and rec.extra["prompt"] == prompt  # the manifest keeps both
+    text = _tag_text(tmp_path / mrn)
+    assert "40812377" not in text and "John" not in text and "Female" not in text
+    pseudonym = synthetic_pseudonym("cardiac-ldm", 17, mrn)
+    assert f"SYNTHETIC^{pseudonym}" in text and len(pseudonym) == 16
+    # deterministic, and different for another id, seed or generator
+    assert synthetic_pseudonym("cardiac-ldm", 17, mrn) == pseudonym
+    others = {synthetic_pseudonym("cardiac-ldm", 17, "x"), synthetic_pseudonym("cardiac-ldm", 18, mrn)}
+    assert pseudonym not in others | {synthetic_pseudonym("other", 17, mrn)}
+    asked = write_synthetic_dicom_series(
+        np.zeros((1, 4, 4)), tmp_path / "p", attributes={}, prompt=prompt, prompt_in_tags=True, **PROVENANCE
+    )
+    assert prompt in _tag_text(Path(asked.image))
 
 
 # ------------------------------------------------------------------------------------------ NIfTI

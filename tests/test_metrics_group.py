@@ -268,3 +268,40 @@ def test_cumulative_gathers_all_ranks(monkeypatch):
     frame = metric.aggregate()
     assert frame.counts == {("F",): 2, ("M",): 2}
     assert frame.by_group[("F",)]["accuracy"] == 1.0 and frame.by_group[("M",)]["accuracy"] == 0.0
+
+
+def test_metrics_modules_import_one_way():
+    """base <- group <- fairness: no module of fairmonai.metrics imports, even lazily, one that imports it back."""
+    import ast
+    from pathlib import Path
+
+    import fairmonai.metrics as pkg
+
+    root = Path(pkg.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {n.split(".")[2] for n in names if n.startswith("fairmonai.metrics.")}
+        graph[path.stem] = deps - {path.stem}
+    assert "fairness" not in graph["group"] and "group" not in graph["base"]
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph.get(todo.pop(), ()):
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+
+    cycles = [m for m in graph if m in reach(m)]
+    assert not cycles, f"import cycle through {cycles}: {graph}"

@@ -7,9 +7,16 @@ Hospitals often keep the attributes that define fairness groups only in the DICO
 
 * a file cut short (``pydicom`` reads a truncated header without complaint; here every element's
   declared length, pixel data included, is checked against the file size),
-* several series in one folder (MONAI would stack them into one volume),
+* several series or patients in one folder (MONAI would stack them into one volume),
 * slices of different sizes, or without / with repeated ``InstanceNumber`` (MONAI sorts by it and
-  drops slices that lack it).
+  drops slices that lack it),
+* a missing slice: a gap in the slice positions (MONAI only warns, and that warning is easily
+  filtered), uneven spacing, or an InstanceNumber order that does not follow the positions,
+* required tags missing (those needed to decode and place the slices, and those an attribute is
+  read from).
+
+:func:`inspect_series` runs all of these on every file's header without decoding pixels (the
+audit calls it for every DICOM record); :func:`load_dicom_series` runs the same checks first.
 
 Every problem is an :class:`~fairmonai.errors.InputError` naming the file (or folder) and the tag.
 """
@@ -44,6 +51,10 @@ __all__ = [
     "parse_age",
     "is_dicom_path",
     "series_files",
+    "IMAGE_TAGS",
+    "SERIES_TAGS",
+    "ATTRIBUTE_TAGS",
+    "inspect_series",
     "read_dicom_attributes",
     "load_dicom_series",
     "LoadDicomSeriesd",
@@ -287,24 +298,139 @@ def read_dicom_attributes(path: str | os.PathLike) -> dict[str, Any]:
     return _attributes_from_dataset(_read_header(file), file)
 
 
-def _check_series(folder: Path, files: Sequence[Path], headers: Sequence[pydicom.Dataset]) -> None:
+#: tags every image file needs to be decoded (PixelData itself is checked by the completeness check)
+IMAGE_TAGS = ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")
+#: tags every slice of a multi-file series needs to be placed in one volume
+SERIES_TAGS = ("ImageOrientationPatient", "ImagePositionPatient", "InstanceNumber")
+#: tags each attribute of :data:`DICOM_ATTRIBUTES` is read from (``inspect_series(attributes=...)``)
+ATTRIBUTE_TAGS = {
+    "sex": ("PatientSex",),
+    "age": ("PatientAge",),
+    "weight": ("PatientWeight",),
+    "height": ("PatientSize",),
+    "bmi": ("PatientWeight", "PatientSize"),
+    "modality": ("Modality",),
+}
+# relative tolerance on slice steps: DS values carry a few decimals and scanners round positions
+_STEP_RTOL = 0.05
+_STEP_ATOL = 1e-3  # mm
+
+
+def _missing(ds: pydicom.Dataset, keyword: str) -> bool:
+    """A tag counts as missing when it is absent or empty (and, for weight / size, 0: anonymised)."""
+    if keyword not in ds:
+        return True
+    value = ds[keyword].value
+    if value is None or (isinstance(value, str | bytes) and not value.strip()):
+        return True
+    if isinstance(value, pydicom.multival.MultiValue | list) and len(value) == 0:
+        return True
+    if keyword in ("PatientWeight", "PatientSize"):
+        try:
+            return float(value) == 0
+        except (TypeError, ValueError):
+            return False  # an unparsable value is reported by the attribute parser, naming it
+    return False
+
+
+def _require(file: Path, ds: pydicom.Dataset, keywords: Sequence[str], why: str) -> None:
+    for keyword in keywords:
+        if _missing(ds, keyword):
+            raise InputError(f"required tag {keyword} is missing or empty: {why}", path=file, field=keyword)
+
+
+def _vector(ds: pydicom.Dataset, keyword: str, size: int, file: Path) -> np.ndarray:
+    try:
+        value = np.asarray([float(v) for v in ds[keyword].value], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"not a list of numbers: {exc}", path=file, field=keyword) from None
+    if value.shape != (size,) or not np.isfinite(value).all():
+        raise InputError(f"expected {size} finite numbers, got {list(ds[keyword].value)}", path=file, field=keyword)
+    return value
+
+
+def _check_positions(folder: Path, files: Sequence[Path], headers: Sequence[pydicom.Dataset]) -> None:
+    """Slices evenly spaced along the slice normal, no gap, no repeat, InstanceNumber following position."""
+    iop = _vector(headers[0], "ImageOrientationPatient", 6, files[0])
+    normal = np.cross(iop[:3], iop[3:])
+    if np.linalg.norm(normal) < 1e-6:
+        raise InputError(
+            f"row and column directions {list(iop)} are parallel", path=files[0], field="ImageOrientationPatient"
+        )
+    normal /= np.linalg.norm(normal)
+    where = np.asarray(
+        [_vector(ds, "ImagePositionPatient", 3, f) @ normal for f, ds in zip(files, headers, strict=True)]
+    )
+    order = np.argsort(where, kind="stable")
+    pos = where[order]
+    steps = np.diff(pos)
+    name = lambda i: f"{files[i].name} (InstanceNumber {headers[i].InstanceNumber}, at {where[i]:.2f} mm)"  # noqa: E731
+    for j, step in enumerate(steps):
+        if step <= _STEP_ATOL:
+            raise InputError(
+                f"two slices at the same position along the slice normal: {name(order[j])} and {name(order[j + 1])} "
+                "(a repeated acquisition or two series in one folder?)",
+                path=folder,
+                field="ImagePositionPatient",
+            )
+    spacing = float(steps.min()) if steps.size else 0.0
+    tol = _STEP_ATOL + _STEP_RTOL * spacing
+    for j, step in enumerate(steps):
+        if abs(step - spacing) <= tol:
+            continue
+        ratio = step / spacing
+        if abs(ratio - round(ratio)) * spacing <= tol:
+            missing = round(ratio) - 1
+            raise InputError(
+                f"gap in slice positions: the slices are {spacing:.4g} mm apart, but between {name(order[j])} and "
+                f"{name(order[j + 1])} the step is {step:.4g} mm: {missing} slice(s) missing",
+                path=folder,
+                field="ImagePositionPatient",
+            )
+        raise InputError(
+            f"uneven slice spacing: the slices are {spacing:.4g} mm apart, but between {name(order[j])} and "
+            f"{name(order[j + 1])} the step is {step:.4g} mm; the series would not form a regular volume",
+            path=folder,
+            field="ImagePositionPatient",
+        )
+    # MONAI stacks by InstanceNumber: it must run along the positions, one way or the other
+    numbers = np.asarray([int(headers[i].InstanceNumber) for i in order])
+    if numbers.size > 2 and not (np.all(np.diff(numbers) > 0) or np.all(np.diff(numbers) < 0)):
+        bad = int(np.flatnonzero(np.diff(np.sign(np.diff(numbers))) != 0)[0]) + 1
+        raise InputError(
+            "InstanceNumber does not follow the slice positions (slices would be stacked out of order): "
+            f"around {name(order[bad])}",
+            path=files[order[bad]],
+            field="InstanceNumber",
+        )
+
+
+def _check_series(
+    folder: Path, files: Sequence[Path], headers: Sequence[pydicom.Dataset], attributes: Sequence[str] = ()
+) -> None:
     for file, ds in zip(files, headers, strict=True):
         if "Rows" not in ds or "Columns" not in ds:
             raise InputError("not an image: no Rows/Columns (and no pixel data)", path=file, field="PixelData")
-    uids: dict[str, list[Path]] = {}
-    for file, ds in zip(files, headers, strict=True):
-        uids.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(file)
-    if len(uids) > 1:
-        parts = "; ".join(f"{uid or '<none>'}: {len(fs)} file(s), e.g. {fs[0].name}" for uid, fs in uids.items())
-        raise InputError(
-            f"mixed series: {len(uids)} different series in one folder ({parts}); give each series its own folder",
-            path=folder,
-            field="SeriesInstanceUID",
-        )
+        _require(file, ds, IMAGE_TAGS, "the pixel data cannot be decoded without it")
+    for keyword, what in (("SeriesInstanceUID", "series"), ("PatientID", "patients")):
+        values: dict[str, list[Path]] = {}
+        for file, ds in zip(files, headers, strict=True):
+            values.setdefault(str(ds.get(keyword, "") or "").strip(), []).append(file)
+        if len(values) > 1:
+            parts = "; ".join(f"{v or '<none>'}: {len(fs)} file(s), e.g. {fs[0].name}" for v, fs in values.items())
+            kind = "mixed series" if keyword == "SeriesInstanceUID" else "mixed patients"
+            raise InputError(
+                f"{kind}: {len(values)} different {what} in one folder ({parts}); give each series its own folder",
+                path=folder,
+                field=keyword,
+            )
+    multi = len(files) > 1
     size = (headers[0].Rows, headers[0].Columns)
     orientation = headers[0].get("ImageOrientationPatient")
     numbers: dict[int, Path] = {}
     for file, ds in zip(files, headers, strict=True):
+        if multi:
+            _require(file, ds, SERIES_TAGS[:2], "the slices cannot be placed in one volume without it")
         other = ds.get("ImageOrientationPatient")
         if orientation is not None and other is not None and not np.allclose(other, orientation, atol=1e-4):
             raise InputError(
@@ -319,7 +445,7 @@ def _check_series(folder: Path, files: Sequence[Path], headers: Sequence[pydicom
                 path=file,
                 field="Rows/Columns",
             )
-        if len(files) > 1:
+        if multi:
             if ds.get("InstanceNumber") in (None, ""):
                 raise InputError("no InstanceNumber: slices cannot be ordered", path=file, field="InstanceNumber")
             number = int(ds.InstanceNumber)
@@ -328,6 +454,67 @@ def _check_series(folder: Path, files: Sequence[Path], headers: Sequence[pydicom
                     f"InstanceNumber {number} repeats that of {numbers[number].name}", path=file, field="InstanceNumber"
                 )
             numbers[number] = file
+    if multi:
+        _check_positions(folder, files, headers)
+    _check_attribute_tags(files, headers, attributes)
+
+
+def _check_attribute_tags(files: Sequence[Path], headers: Sequence[pydicom.Dataset], attributes: Sequence[str]) -> None:
+    unknown = [a for a in attributes if a not in ATTRIBUTE_TAGS]
+    if unknown:
+        raise ValueError(f"unknown DICOM attributes {unknown}; known: {sorted(ATTRIBUTE_TAGS)}")
+    if not attributes:
+        return
+    first: dict[str, Any] | None = None
+    for file, ds in zip(files, headers, strict=True):
+        for attribute in attributes:
+            _require(file, ds, ATTRIBUTE_TAGS[attribute], f"attribute {attribute!r} is read from it")
+        values = _attributes_from_dataset(ds, file)  # parses every value, naming the file and tag
+        if first is None:
+            first = values
+            continue
+        for attribute in attributes:
+            if values.get(attribute) != first.get(attribute):
+                raise InputError(
+                    f"attribute {attribute!r} is {values.get(attribute)!r} here but {first.get(attribute)!r} in "
+                    f"{files[0].name}: the slices of one series disagree",
+                    path=file,
+                    field="/".join(ATTRIBUTE_TAGS[attribute]),
+                )
+
+
+def _inspect(path: Path, attributes: Sequence[str] = ()) -> tuple[list[Path], list[pydicom.Dataset]]:
+    if not path.exists():
+        raise InputError("DICOM series not found", path=path)
+    files = series_files(path) if path.is_dir() else [path]
+    if not files:
+        raise InputError("folder holds no DICOM files", path=path)
+    headers = [_read_header(f, require_pixels=True) for f in files]
+    _check_series(path, files, headers, attributes)
+    return files, headers
+
+
+def inspect_series(folder: str | os.PathLike, *, attributes: Sequence[str] = ()) -> None:
+    """Check a DICOM series folder (or one DICOM file) the way :func:`load_dicom_series` does, without
+    decoding pixels: every file's header is read (``stop_before_pixels``) and checked for completeness.
+
+    Raises :class:`~fairmonai.errors.InputError` naming the folder or the file, and the tag, for
+
+    * a missing folder, an empty folder, a file that is not DICOM, truncated or corrupt (every file is
+      read, not the first only; the pixel data element must hold the bytes the image needs);
+    * a required tag missing or empty: :data:`IMAGE_TAGS` in every file (and PixelData), and
+      :data:`SERIES_TAGS` in every slice of a multi-file series;
+    * several series (SeriesInstanceUID) or patients (PatientID) in one folder;
+    * slices of different sizes or orientations, a missing or repeated InstanceNumber;
+    * a gap in the slice positions (ImagePositionPatient projected on the slice normal, against the
+      smallest step between slices: a missing slice), uneven spacing, two slices at one position, or an
+      InstanceNumber order that does not follow the positions;
+    * with ``attributes`` (names of :data:`ATTRIBUTE_TAGS`, e.g. ``("sex", "age")``): a tag an
+      attribute needs missing in some file, unparsable, or different between slices.
+
+    Returns None when the series is fine. Slice positions are only checked for multi-file series.
+    """
+    _inspect(Path(folder), attributes)
 
 
 @functools.cache
@@ -357,17 +544,12 @@ def load_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, dict[str, 
         ``SeriesInstanceUID`` and ``attributes`` (as :func:`read_dicom_attributes` returns them).
 
     Raises:
-        InputError: naming the folder (missing, empty, mixed series) or the file (non-DICOM,
-            truncated, undecodable pixels, inconsistent slice size, missing InstanceNumber).
+        InputError: for everything :func:`inspect_series` checks (naming the folder: missing, empty,
+            mixed series or patients, a gap in the slice positions; or the file: non-DICOM, truncated,
+            a required tag missing, inconsistent slice size), and for undecodable pixels.
     """
     path = Path(folder)
-    if not path.exists():
-        raise InputError("DICOM series not found", path=path)
-    files = series_files(path) if path.is_dir() else [path]
-    if not files:
-        raise InputError("folder holds no DICOM files", path=path)
-    headers = [_read_header(f, require_pixels=True) for f in files]
-    _check_series(path, files, headers)
+    files, headers = _inspect(path)  # the same checks as inspect_series, on every file's header
     # read exactly the checked files (MONAI's default pattern takes every file in the folder)
     only = r"(?:.*[/\\])?(?:" + "|".join(re.escape(f.name) for f in files) + r")\Z"
     reader = PydicomReader(fname_regex=only if path.is_dir() else "")

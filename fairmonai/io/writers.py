@@ -10,15 +10,25 @@ Synthetic marking in the files themselves:
 
 * NIfTI: the header's ``descrip`` field reads ``fairmonai synthetic <generator> seed=<seed>``.
 * DICOM: Secondary Capture objects with ConversionType ``SYN`` (synthetic image), SyntheticData
-  ``YES`` (0008,001C), ImageType ``DERIVED\\SECONDARY``, PatientIdentityRemoved ``YES``, a
-  ``SYNTHETIC^<id>`` patient name, a SeriesDescription and ImageComments that say so, and fresh
-  UIDs. Nothing is copied from any source patient: only the requested attributes are written.
+  ``YES`` (0008,001C), ImageType ``DERIVED\\SECONDARY``, PatientIdentityRemoved ``YES``,
+  Manufacturer ``fairmonai``, a SeriesDescription and ImageComments that say so, and fresh UIDs.
+  Nothing is copied from any source patient, and no text from paths or prompts lands in a tag:
+  PatientName ``SYNTHETIC^<pseudonym>`` and PatientID ``SYN-<pseudonym>`` carry a pseudonym hashed
+  from (generator, seed, record id) (:func:`synthetic_pseudonym`), never the folder name or record id
+  itself (which may be a real MRN), and a generation prompt goes into ImageComments only when asked
+  (``prompt_in_tags=True``); only the requested attributes are written.
+
+The DICOM writer never deletes what it did not write: an existing non-empty series folder is refused
+unless ``overwrite=True``, and then only the files carrying its synthetic marker are replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +37,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -43,6 +54,8 @@ from fairmonai.io.atomic import atomic_path
 __all__ = [
     "DEFAULT_HEIGHT_M",
     "synthetic_marker",
+    "synthetic_pseudonym",
+    "is_synthetic_dicom_file",
     "atomic_dir",
     "write_synthetic_nifti",
     "write_synthetic_dicom_series",
@@ -52,11 +65,43 @@ __all__ = [
 DEFAULT_HEIGHT_M = 1.70
 _SEX_CODES = {"F": "F", "M": "M", "O": "O", "FEMALE": "F", "MALE": "M", "OTHER": "O"}
 _UINT16_MAX = 65535
+_MANUFACTURER = "fairmonai"
+_SLICE_NAME = re.compile(r"slice-\d{4,}\.dcm")
 
 
 def synthetic_marker(generator: str, seed: int) -> str:
     """The text that marks a file as synthetic: ``fairmonai synthetic <generator> seed=<seed>``."""
     return f"fairmonai synthetic {generator} seed={seed}"
+
+
+def synthetic_pseudonym(generator: str, seed: int, record_id: str) -> str:
+    """Pseudonym of a synthetic patient: 16 hex digits of SHA-256 over (generator, seed, record id).
+
+    Deterministic (reruns write identical files) and free of the id's text, so a folder named after a
+    real MRN does not put the MRN into PatientName / PatientID. It is a plain hash, not a keyed one:
+    someone holding generator, seed and a list of candidate ids can test which one was used.
+    """
+    payload = json.dumps(["fairmonai-synthetic-patient", str(generator), int(seed), str(record_id)])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16].upper()
+
+
+def is_synthetic_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a slice file written by :func:`write_synthetic_dicom_series` (name ``slice-NNNN.dcm`` and
+    the synthetic marker tags: Manufacturer ``fairmonai``, SyntheticData ``YES``, ConversionType ``SYN``)."""
+    path = Path(path)
+    if not (path.is_file() and not path.is_symlink() and _SLICE_NAME.fullmatch(path.name)):
+        return False
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["Manufacturer", "SyntheticData", "ConversionType"]
+        )
+    except Exception:  # not DICOM, truncated, unreadable: not ours to delete
+        return False
+    return (
+        str(ds.get("Manufacturer", "")) == _MANUFACTURER
+        and str(ds.get("SyntheticData", "")) == "YES"
+        and str(ds.get("ConversionType", "")) == "SYN"
+    )
 
 
 def _record(
@@ -241,10 +286,10 @@ def _age_string(age: Any) -> str:
     return f"{round(years * 365.25):03d}D"
 
 
-def _patient_module(attributes: Mapping[str, Any], record_id: str) -> Dataset:
+def _patient_module(attributes: Mapping[str, Any], pseudonym: str) -> Dataset:
     ds = Dataset()
-    ds.PatientName = f"SYNTHETIC^{record_id}"[:64]
-    ds.PatientID = f"SYN-{record_id}"[:64]
+    ds.PatientName = f"SYNTHETIC^{pseudonym}"
+    ds.PatientID = f"SYN-{pseudonym}"
     ds.PatientBirthDate = ""
     ds.PatientIdentityRemoved = "YES"
     sex = attributes.get("sex")
@@ -285,12 +330,15 @@ def write_synthetic_dicom_series(
     record_id: str | None = None,
     prompt: str | None = None,
     uid_entropy: Sequence[Any] | None = None,
+    overwrite: bool = False,
+    prompt_in_tags: bool = False,
 ) -> Record:
     """Write a synthetic volume as a DICOM series folder (one file per slice) and return its record.
 
     Args:
         volume: (slices, rows, columns) array, or one 2D (rows, columns) slice.
-        out_dir: the series folder to create (replaced if it exists).
+        out_dir: the series folder to create. An existing empty folder is used; an existing folder
+            holding anything is refused (:class:`FileExistsError`) unless ``overwrite``.
         attributes: sensitive attributes written into tags: ``sex`` -> PatientSex, ``age`` (years)
             -> PatientAge ``NNNY``, ``weight`` (kg) / ``height`` (m) -> PatientWeight / PatientSize.
             A ``bmi`` without weight and height is written as PatientSize 1.70 m
@@ -303,14 +351,25 @@ def write_synthetic_dicom_series(
         pixel_spacing: (row spacing, column spacing) in mm.
         slice_thickness: slice thickness and spacing in mm.
         label: downstream label of the record.
-        record_id: record id (default: the folder name); also names the synthetic patient.
-        prompt: text prompt used for generation, if any.
+        record_id: record id in the returned record (default: the folder name). It is not written
+            into any tag: the patient is named by :func:`synthetic_pseudonym` of it.
+        prompt: text prompt used for generation, if any; kept in the record (``extra["prompt"]``).
         uid_entropy: values from which to derive the UIDs deterministically (reruns then write
             identical files); None draws fresh random UIDs.
+        overwrite: replace the series this writer wrote in ``out_dir`` before (the files
+            :func:`is_synthetic_dicom_file` recognises); every other file there is kept, and a kept
+            file whose name a new slice needs is an error. A folder holding only this writer's files
+            is replaced in one rename (:func:`atomic_dir`).
+        prompt_in_tags: also copy ``prompt`` into ImageComments (free text in a header is where
+            identifying text leaks, so this is off by default).
 
     Pixels are stored as uint16 with RescaleSlope/RescaleIntercept restoring the float range; each
     slice has ImagePositionPatient (0, 0, k * slice_thickness) and InstanceNumber k + 1 so that
     MONAI (and any viewer) stacks the slices in order.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or a non-empty folder without ``overwrite``, or a file
+            this writer did not write has a slice's name.
     """
     out_dir = Path(out_dir)
     record_id = record_id or out_dir.name
@@ -322,6 +381,8 @@ def write_synthetic_dicom_series(
     if not np.all(np.isfinite(volume)):
         raise ValueError("the volume holds NaN or infinite values")
     stored, slope, intercept = _quantise(volume)
+    patient = _patient_module(attributes, synthetic_pseudonym(generator, seed, record_id))
+    ours, others = _existing_entries(out_dir, overwrite)
 
     def uid(part: str):
         if uid_entropy is None:
@@ -332,10 +393,10 @@ def write_synthetic_dicom_series(
     description = f"SYNTHETIC {generator} {generator_version} seed={seed}"
     comments = (
         f"Synthetic image generated by {generator} {generator_version} with seed {seed}; "
-        "no source patient. " + (f"Prompt: {prompt}" if prompt else "")
+        "no source patient. " + (f"Prompt: {prompt}" if prompt and prompt_in_tags else "")
     ).strip()
-    patient = _patient_module(attributes, record_id)
-    with atomic_dir(out_dir) as tmp:
+
+    def write(folder: Path) -> None:
         for k in range(stored.shape[0]):
             sop_uid = uid(f"instance-{k}")
             meta = FileMetaDataset()
@@ -354,7 +415,7 @@ def write_synthetic_dicom_series(
             ds.AccessionNumber = ""
             ds.Modality = modality
             ds.ConversionType = "SYN"
-            ds.Manufacturer = "fairmonai"
+            ds.Manufacturer = _MANUFACTURER
             ds.ReferringPhysicianName = ""
             ds.StudyDescription = "fairmonai synthetic data"
             ds.SeriesDescription = description[:64]
@@ -388,5 +449,69 @@ def write_synthetic_dicom_series(
             ds.RescaleSlope = slope
             ds.RescaleType = "US"
             ds.PixelData = np.ascontiguousarray(stored[k], dtype="<u2").tobytes()
-            ds.save_as(tmp / f"slice-{k:04d}.dcm", enforce_file_format=True)
+            ds.save_as(folder / f"slice-{k:04d}.dcm", enforce_file_format=True)
+
+    if not others:  # nothing but this writer's files (or nothing): swap the whole folder at once
+        with atomic_dir(out_dir) as tmp:
+            write(tmp)
+    else:
+        _replace_own_files(out_dir, ours, others, write)
     return _record(record_id, out_dir, None, attributes, label, generator, generator_version, seed, prompt)
+
+
+def _existing_entries(out_dir: Path, overwrite: bool) -> tuple[list[Path], list[Path]]:
+    """``(files this writer wrote, everything else)`` in an existing ``out_dir``; refuse what must be."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return [], []
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise FileExistsError(f"{out_dir}: exists and is not a folder; refusing to replace it with a DICOM series")
+    entries = sorted(out_dir.iterdir())
+    if entries and not overwrite:
+        raise FileExistsError(
+            f"{out_dir}: the folder exists and holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} "
+            f"(e.g. {entries[0].name}); refusing to write a synthetic series into it. Pass overwrite=True to "
+            "replace the series this writer wrote there (other files are kept), or choose a new folder"
+        )
+    ours = [p for p in entries if is_synthetic_dicom_file(p)]
+    return ours, [p for p in entries if p not in ours]
+
+
+def _replace_own_files(out_dir: Path, ours: list[Path], others: list[Path], write: Any) -> None:
+    """Replace this writer's files in ``out_dir`` by a freshly written set, leaving ``others`` untouched.
+
+    The new slices are written completely beside the folder first; the old ones are moved aside and
+    the new ones moved in (renames within one file system), and on failure the old ones come back.
+    """
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    cleanup = [stage]
+    try:
+        write(stage)
+        new = sorted(stage.iterdir())
+        kept = {p.name for p in others}
+        clash = [p.name for p in new if p.name in kept]
+        if clash:
+            raise FileExistsError(
+                f"{out_dir / clash[0]}: a file this writer did not write has the name of a new slice; "
+                "refusing to replace it (move it away or choose a new folder)"
+            )
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        cleanup.append(old)
+        moved: list[Path] = []
+        placed: list[Path] = []
+        try:
+            for p in ours:
+                os.replace(p, old / p.name)
+                moved.append(p)
+            for p in new:
+                os.replace(p, out_dir / p.name)
+                placed.append(out_dir / p.name)
+        except BaseException:
+            for p in placed:
+                with contextlib.suppress(OSError):
+                    os.remove(p)
+            for p in moved:
+                os.replace(old / p.name, p)
+            raise
+    finally:
+        for folder in cleanup:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -9,7 +9,12 @@ Plugin name                        Definition                                   
 =================================  ==================================================  ==============================
 ``group_metric_frame``             any ``fn(y_true, y_pred)`` overall and per group;   fairlearn ``MetricFrame``
                                    ``difference`` = max - min, ``ratio`` = min / max
+                                   ``n_boot=``: percentile-bootstrap intervals,        fairlearn ``n_boot``
+                                   resampled within groups (``interval``)
 ``cumulative_group_metric``        the same, accumulated over batches (ignite)         MONAI ``Cumulative``
+``group_bootstrap_ci``             per-group mean (any statistic) of per-sample        stratified bootstrap
+                                   scores (Dice per image) with intervals (a
+                                   function; no entry point of its own)
 ``demographic_parity_difference``  ``max_g P(yhat=1|g) - min_g P(yhat=1|g)``           Dwork 2012; fairlearn; FairGen
 ``equal_opportunity_difference``   ``max_g TPR_g - min_g TPR_g``                       Hardt 2016; fairlearn; FairGen
 ``equalized_odds_difference``      ``max(dTPR, dFPR)``                                 Hardt 2016; fairlearn
@@ -66,6 +71,7 @@ from fairmonai.metrics.group import (
     GroupKey,
     GroupMetricFrame,
     UndefinedMetricWarning,
+    group_bootstrap_ci,
     group_metric_frame,
     group_name,
     resolve_groups,
@@ -114,6 +120,7 @@ __all__ = [
     "fid",
     "fid_per_group",
     "frechet_distance",
+    "group_bootstrap_ci",
     "group_metric_frame",
     "group_name",
     "iou_per_sample",

@@ -46,12 +46,26 @@ from typing import Any
 
 import numpy as np
 
+from fairmonai.metrics.base import (
+    UndefinedMetricWarning,
+    _to_numpy,
+    accuracy,
+    as_array,
+    balanced_accuracy_score,
+    false_positive_rate,
+    roc_auc_score,
+    selection_rate,
+    true_negative_rate,
+    true_positive_rate,
+)
+
 __all__ = [
     "GroupKey",
     "MetricFn",
     "UndefinedMetricWarning",
     "GroupMetricFrame",
     "group_metric_frame",
+    "group_bootstrap_ci",
     "CumulativeGroupMetric",
     "resolve_groups",
     "group_name",
@@ -63,50 +77,7 @@ MetricFn = Callable[[Any, Any], float]
 _DIFF_METHODS = ("between_groups", "to_overall")
 
 
-class UndefinedMetricWarning(UserWarning):
-    """A metric is undefined for some group (e.g. ROC AUC of a group with one true class) and is NaN."""
-
-
 # ----------------------------------------------------------------------------- input helpers
-def _to_numpy(x: Any) -> np.ndarray:
-    """numpy view of a torch tensor (any device), numpy array, pandas object or nested sequence."""
-    if x is None:
-        raise TypeError("expected an array, got None")
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch here
-        return x.detach().cpu().numpy()
-    if hasattr(x, "to_numpy") and not isinstance(x, np.ndarray):  # pandas Series / DataFrame
-        return np.asarray(x.to_numpy())
-    return np.asarray(x)
-
-
-def _check_finite(arr: np.ndarray, name: str) -> None:
-    if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr.reshape(-1)))
-        raise ValueError(
-            f"{name} contains {bad.size} NaN/inf value(s) (first at flat index {int(bad[0])}); "
-            f"metrics need finite inputs: drop or impute those samples first"
-        )
-    if arr.dtype == object:
-        flat = arr.reshape(-1)
-        bad = [i for i, v in enumerate(flat) if v is None or (isinstance(v, float) and math.isnan(v))]
-        if bad:
-            raise ValueError(f"{name} contains {len(bad)} missing value(s) (None/NaN), first at index {bad[0]}")
-
-
-def as_array(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """Convert ``x`` (numpy, torch, list, pandas) to numpy and reject NaN/inf, naming the argument."""
-    try:
-        arr = _to_numpy(x)
-    except TypeError as exc:
-        raise TypeError(f"{name}: {exc}") from None
-    if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else ndim
-        if arr.ndim not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimension(s), got shape {arr.shape}")
-    _check_finite(arr, name)
-    return arr
-
-
 def _level(value: Any, name: str, index: int) -> str:
     """Canonical level name (same rule as :mod:`fairmonai.cohort`): ``1``, ``1.0``, ``"1"``, ``True`` -> ``"1"``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -262,21 +233,18 @@ def group_name(key: Sequence[str], attributes: Sequence[str] | None = None) -> s
 
 # ----------------------------------------------------------------------------- metric resolution
 def _builtin_metrics() -> dict[str, MetricFn]:
-    # imported lazily: fairness.py builds on this module
-    from fairmonai.metrics import fairness as f
-
     return {
-        "accuracy": f.accuracy,
-        "selection_rate": f.selection_rate,
-        "true_positive_rate": f.true_positive_rate,
-        "tpr": f.true_positive_rate,
-        "false_positive_rate": f.false_positive_rate,
-        "fpr": f.false_positive_rate,
-        "true_negative_rate": f.true_negative_rate,
-        "tnr": f.true_negative_rate,
-        "balanced_accuracy": f.balanced_accuracy_score,
-        "auc": f.roc_auc_score,
-        "roc_auc": f.roc_auc_score,
+        "accuracy": accuracy,
+        "selection_rate": selection_rate,
+        "true_positive_rate": true_positive_rate,
+        "tpr": true_positive_rate,
+        "false_positive_rate": false_positive_rate,
+        "fpr": false_positive_rate,
+        "true_negative_rate": true_negative_rate,
+        "tnr": true_negative_rate,
+        "balanced_accuracy": balanced_accuracy_score,
+        "auc": roc_auc_score,
+        "roc_auc": roc_auc_score,
         "mean": _mean_of_pred,
         "count": _count,
     }
@@ -335,6 +303,82 @@ def _json_float(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
+# ----------------------------------------------------------------------------- bootstrap helpers
+_RESAMPLE = ("stratified", "dataset")
+_UINT32_MAX = int(np.iinfo(np.uint32).max)
+
+
+def _check_bootstrap(n_boot: Any, ci_quantiles: Any, resample: str) -> tuple[float, ...]:
+    """Validate the bootstrap arguments (fairlearn's rules, with a message naming the argument)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer (number of bootstrap resamples), got {n_boot!r}")
+    if ci_quantiles is None or isinstance(ci_quantiles, str | bytes):
+        raise ValueError(f"ci_quantiles must be a sequence of quantiles in (0, 1), got {ci_quantiles!r}")
+    quantiles = []
+    for q in ci_quantiles:
+        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 < float(q) < 1.0:
+            raise ValueError(f"ci_quantiles must all be numbers in (0, 1), got {list(ci_quantiles)!r}")
+        quantiles.append(float(q))
+    if not quantiles:
+        raise ValueError("ci_quantiles is empty: give the quantiles of the interval, e.g. (0.025, 0.975)")
+    if resample not in _RESAMPLE:
+        raise ValueError(f"resample must be one of {_RESAMPLE}, got {resample!r}")
+    return tuple(quantiles)
+
+
+def _check_random_state(random_state: Any) -> None:
+    if random_state is None or isinstance(random_state, np.random.RandomState | np.random.Generator):
+        return
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return
+    raise TypeError(
+        f"random_state must be None, an int, a numpy RandomState or Generator, got {type(random_state).__name__}"
+    )
+
+
+def _replicate_seeds(n_boot: int, random_state: Any) -> np.ndarray:
+    """One uint32 seed per bootstrap replicate, drawn as fairlearn's ``generate_bootstrap_samples`` does."""
+    if random_state is None:
+        return np.random.default_rng().integers(0, _UINT32_MAX, size=n_boot, dtype=np.uint32)
+    if isinstance(random_state, np.random.RandomState):
+        return random_state.randint(0, _UINT32_MAX, size=n_boot, dtype=np.uint32)
+    if isinstance(random_state, np.random.Generator):
+        return random_state.integers(0, _UINT32_MAX, size=n_boot, dtype=np.uint32)
+    _check_random_state(random_state)
+    return np.random.default_rng(int(random_state)).integers(0, _UINT32_MAX, size=n_boot, dtype=np.uint32)
+
+
+def _nanquantiles(samples: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+    """Quantiles along axis 0 ignoring NaN (undefined resamples); all-NaN columns give NaN, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
+        return np.nanquantile(np.asarray(samples, dtype=float), list(quantiles), axis=0)
+
+
+def _difference_of(values: Sequence[float], overall: float, method: str) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan
+    if method == "between_groups":
+        return max(vals) - min(vals)
+    return max(abs(v - overall) for v in vals)
+
+
+def _ratio_pair(a: float, b: float) -> float:  # a <= b expected
+    if a == b:
+        return 1.0
+    return a / b if b != 0 else math.nan
+
+
+def _ratio_of(values: Sequence[float], overall: float, method: str) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan
+    if method == "between_groups":
+        return _ratio_pair(min(vals), max(vals))
+    return min(min(_ratio_pair(v, overall), _ratio_pair(overall, v)) for v in vals)
+
+
 # ----------------------------------------------------------------------------- the frame
 class GroupMetricFrame:
     """Metrics overall and per group, with disparity summaries (fairlearn ``MetricFrame`` semantics).
@@ -352,6 +396,21 @@ class GroupMetricFrame:
         declared_groups: every group that should appear in the table, in display order; declared
             groups with no sample have count 0 and NaN metrics. A sample in an undeclared group is an
             error. Default: the observed groups, sorted.
+        n_boot: number of bootstrap resamples for confidence intervals (fairlearn's ``n_boot``);
+            ``None`` (default): no intervals. Minority groups are often a few dozen samples, so a
+            per-group value without an interval misleads: pass e.g. ``n_boot=1000``.
+        ci_quantiles: quantiles of the bootstrap distribution to report (fairlearn's ``ci_quantiles``;
+            default ``(0.025, 0.975)``, a 95 % percentile interval). Every ``*_ci`` result is a list with
+            one entry per quantile, in this order.
+        random_state: seed of the resampling (fairlearn's ``random_state``): an int (deterministic),
+            a numpy ``RandomState`` / ``Generator``, or ``None`` (fresh entropy, not reproducible).
+        resample: ``"stratified"`` (default): every replicate draws ``n_g`` records with replacement
+            *within* each group ``g``, so group sizes are those of the data and a small group never
+            vanishes from a replicate; the overall value of a replicate is computed on the union of
+            the group resamples. ``"dataset"``: fairlearn's scheme, ``n`` records with replacement
+            from the whole data set (group sizes vary between replicates; a group absent from a
+            replicate is NaN there); with the same int ``random_state`` it reproduces fairlearn's
+            ``MetricFrame`` intervals exactly.
 
     Attributes:
         overall: ``{metric: value}`` on all samples.
@@ -359,9 +418,31 @@ class GroupMetricFrame:
         counts: ``{group key: number of samples}``.
         attributes: names of the key positions.
         metrics: metric names, in order.
+        n_boot, ci_quantiles, random_state, resample: the bootstrap settings (``n_boot`` is None
+            without intervals).
+        overall_ci: (bootstrap only) list, one ``{metric: value}`` per quantile of ``ci_quantiles``.
+        by_group_ci: (bootstrap only) list, one ``{group key: {metric: value}}`` per quantile.
+
+    Confidence intervals (percentile bootstrap, as fairlearn's ``MetricFrame``): the metrics are
+    re-evaluated on ``n_boot`` resamples and the requested quantiles of their distribution are
+    reported, ignoring resamples where a value is undefined (NaN, e.g. a TPR without positives)::
+
+        frame = GroupMetricFrame({"bacc": "balanced_accuracy"}, y, y_hat, {"sex": sex},
+                                 n_boot=1000, random_state=0)
+        frame.by_group_ci[0][("F",)]["bacc"], frame.by_group_ci[1][("F",)]["bacc"]  # 2.5 %, 97.5 %
+        low, high = frame.interval("bacc", ("F",))        # the same pair; group=None: overall
+        frame.difference_ci("bacc")                         # [2.5 % and 97.5 % of max_g - min_g]
+        frame.to_rows()  # columns bacc, bacc_ci_low, bacc_ci_high (smallest / largest quantile)
+
+    ``difference_ci`` / ``ratio_ci`` / ``group_min_ci`` / ``group_max_ci`` are the quantiles of the
+    summary recomputed on every replicate (fairlearn's methods of the same names). A group of count
+    1 has a zero-width interval under ``"stratified"``; declared groups of count 0 are NaN. Frames
+    built on the same groups with the same int ``random_state`` (and ``resample``) draw identical
+    resamples, so intervals of metrics kept in separate frames are consistent.
 
     Reference: fairlearn ``MetricFrame`` (``by_group``, ``overall``, ``difference``, ``ratio``,
-    ``group_min``, ``group_max``); Hardt et al. 2016 / Dwork et al. 2012 for the disparities it feeds.
+    ``group_min``, ``group_max`` and their ``*_ci``); Hardt et al. 2016 / Dwork et al. 2012 for the
+    disparities it feeds; Efron & Tibshirani 1993 for the stratified percentile bootstrap.
     """
 
     def __init__(
@@ -373,6 +454,10 @@ class GroupMetricFrame:
         *,
         attributes: Sequence[str] | None = None,
         declared_groups: Iterable[Any] | None = None,
+        n_boot: int | None = None,
+        ci_quantiles: Sequence[float] = (0.025, 0.975),
+        random_state: int | np.random.RandomState | np.random.Generator | None = None,
+        resample: str = "stratified",
     ) -> None:
         self._fns = _resolve_metrics(metrics)
         self.metrics: list[str] = list(self._fns)
@@ -390,6 +475,7 @@ class GroupMetricFrame:
         self._keys = resolved.keys
         self.attributes: tuple[str, ...] = resolved.attributes
         self._declared = _canonical_declared(declared_groups, len(self.attributes))
+        self._set_bootstrap(n_boot, ci_quantiles, random_state, resample)
         self._compute()
 
     # ------------------------------------------------------------------ construction helpers
@@ -401,6 +487,7 @@ class GroupMetricFrame:
         y_pred: np.ndarray,
         resolved: _Groups,
         declared: list[GroupKey] | None,
+        bootstrap: Mapping[str, Any] | None = None,
     ) -> GroupMetricFrame:
         self = cls.__new__(cls)
         self._fns = _resolve_metrics(metrics)
@@ -408,8 +495,33 @@ class GroupMetricFrame:
         self._y_true, self._y_pred = y_true, y_pred
         self._keys, self.attributes = resolved.keys, resolved.attributes
         self._declared = declared
+        self._set_bootstrap(**(bootstrap or {"n_boot": None}))
         self._compute()
         return self
+
+    def _set_bootstrap(
+        self,
+        n_boot: int | None,
+        ci_quantiles: Sequence[float] = (0.025, 0.975),
+        random_state: Any = None,
+        resample: str = "stratified",
+    ) -> None:
+        self.n_boot = None if n_boot is None else int(n_boot)
+        self.ci_quantiles = None if n_boot is None else _check_bootstrap(n_boot, ci_quantiles, resample)
+        if n_boot is not None:
+            _check_random_state(random_state)
+        self.random_state = random_state
+        self.resample = resample
+
+    def _bootstrap_args(self) -> dict[str, Any] | None:
+        if self.n_boot is None:
+            return None
+        return {
+            "n_boot": self.n_boot,
+            "ci_quantiles": self.ci_quantiles,
+            "random_state": self.random_state,
+            "resample": self.resample,
+        }
 
     def _compute(self) -> None:
         index: dict[GroupKey, list[int]] = {}
@@ -425,27 +537,75 @@ class GroupMetricFrame:
             order = sorted(index)
         self._index = {k: np.asarray(index.get(k, []), dtype=np.int64) for k in order}
         self.counts: dict[GroupKey, int] = {k: int(v.size) for k, v in self._index.items()}
-        self.overall: dict[str, float] = {m: self._call(m, fn, None) for m, fn in self._fns.items()}
+        self.overall: dict[str, float] = {m: self._call(m, fn, None, "all samples") for m, fn in self._fns.items()}
         self.by_group: dict[GroupKey, dict[str, float]] = {}
         for k, idx in self._index.items():
             if idx.size == 0:
                 self.by_group[k] = dict.fromkeys(self.metrics, math.nan)
             else:
-                self.by_group[k] = {m: self._call(m, fn, (k, idx)) for m, fn in self._fns.items()}
+                where = f"group ({group_name(k, self.attributes)})"
+                self.by_group[k] = {m: self._call(m, fn, idx, where) for m, fn in self._fns.items()}
+        self._boot_overall: dict[str, np.ndarray] | None = None
+        self._boot_groups: dict[str, np.ndarray] | None = None
+        if self.n_boot is not None:
+            self._bootstrap()
 
-    def _call(self, metric: str, fn: MetricFn, sel: tuple[GroupKey, np.ndarray] | None) -> float:
-        if sel is None:
-            yt, yp, where = self._y_true, self._y_pred, "all samples"
+    def _call(self, metric: str, fn: MetricFn, idx: np.ndarray | None, where: str) -> float:
+        if idx is None:
+            yt, yp = self._y_true, self._y_pred
         else:
-            key, idx = sel
             yt = None if self._y_true is None else self._y_true[idx]
-            yp, where = self._y_pred[idx], f"group ({group_name(key, self.attributes)})"
+            yp = self._y_pred[idx]
         try:
             value = fn(yt, yp)
         except Exception as exc:
             exc.add_note(f"while computing metric {metric!r} on {where}")
             raise
         return _scalar(value, metric, where)
+
+    def _bootstrap(self) -> None:
+        """Evaluate every metric on ``n_boot`` resamples: overall ``(B,)`` and per group ``(B, G)``."""
+        assert self.n_boot is not None
+        seeds = _replicate_seeds(self.n_boot, self.random_state)
+        keys = list(self._index)
+        n = self._y_pred.shape[0]
+        over = {m: np.full(self.n_boot, math.nan) for m in self.metrics}
+        grp = {m: np.full((self.n_boot, len(keys)), math.nan) for m in self.metrics}
+        codes = np.empty(n, dtype=np.int64)
+        for j, idx in enumerate(self._index.values()):
+            codes[idx] = j
+        names = [group_name(k, self.attributes) for k in keys]
+        # undefined values in a resample are expected (a small group without positives) and become NaN
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            for b, seed in enumerate(seeds if n else []):  # no sample: every resample is NaN
+                # one RandomState per replicate from its seed: fairlearn's pandas ``sample(frac=1,
+                # replace=True, random_state=seed)`` draws ``RandomState(seed).randint(0, n, n)``
+                rs = np.random.RandomState(seed)
+                if self.resample == "dataset":
+                    sample = rs.randint(0, n, size=n)
+                    parts = [(j, sample[codes[sample] == j]) for j in range(len(keys))]
+                else:
+                    parts = [
+                        (j, idx[rs.randint(0, idx.size, size=idx.size)])
+                        for j, idx in enumerate(self._index.values())
+                        if idx.size
+                    ]
+                    sample = np.concatenate([p for _, p in parts])
+                for m, fn in self._fns.items():
+                    over[m][b] = self._call(m, fn, sample, f"bootstrap resample {b} of all samples")
+                    for j, part in parts:
+                        if part.size:
+                            where = f"bootstrap resample {b} of group ({names[j]})"
+                            grp[m][b, j] = self._call(m, fn, part, where)
+        self._boot_overall, self._boot_groups = over, grp
+        q = self.ci_quantiles
+        oq = {m: _nanquantiles(over[m], q) for m in self.metrics}  # (Q,)
+        gq = {m: _nanquantiles(grp[m], q) for m in self.metrics}  # (Q, G)
+        self.overall_ci: list[dict[str, float]] = [{m: float(oq[m][i]) for m in self.metrics} for i in range(len(q))]
+        self.by_group_ci: list[dict[GroupKey, dict[str, float]]] = [
+            {k: {m: float(gq[m][i, j]) for m in self.metrics} for j, k in enumerate(keys)} for i in range(len(q))
+        ]
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -467,7 +627,7 @@ class GroupMetricFrame:
     def _valid(self, metric: str) -> list[float]:
         return [v[metric] for v in self.by_group.values() if not math.isnan(v[metric])]
 
-    def _summary(self, metric: str | None, fn: Callable[[str], float]) -> float | dict[str, float]:
+    def _summary(self, metric: str | None, fn: Callable[[str], Any]) -> Any:
         names = self._metric(metric)
         out = {m: fn(m) for m in names}
         return out[names[0]] if (metric is not None or len(names) == 1) else out
@@ -488,16 +648,7 @@ class GroupMetricFrame:
         """
         if method not in _DIFF_METHODS:
             raise ValueError(f"method must be one of {_DIFF_METHODS}, got {method!r}")
-
-        def diff(m: str) -> float:
-            vals = self._valid(m)
-            if not vals:
-                return math.nan
-            if method == "between_groups":
-                return max(vals) - min(vals)
-            return max(abs(v - self.overall[m]) for v in vals)
-
-        return self._summary(metric, diff)
+        return self._summary(metric, lambda m: _difference_of(self._valid(m), self.overall[m], method))
 
     def ratio(self, metric: str | None = None, method: str = "between_groups") -> float | dict[str, float]:
         """Disparity as a ratio (fairlearn ``MetricFrame.ratio``).
@@ -507,25 +658,110 @@ class GroupMetricFrame:
         """
         if method not in _DIFF_METHODS:
             raise ValueError(f"method must be one of {_DIFF_METHODS}, got {method!r}")
+        return self._summary(metric, lambda m: _ratio_of(self._valid(m), self.overall[m], method))
 
-        def _r(a: float, b: float) -> float:  # a <= b expected
-            if a == b:
-                return 1.0
-            return a / b if b != 0 else math.nan
+    # ------------------------------------------------------------------ confidence intervals
+    @property
+    def has_ci(self) -> bool:
+        """Whether the frame was built with ``n_boot`` (bootstrap confidence intervals)."""
+        return self.n_boot is not None
 
-        def ratio(m: str) -> float:
-            vals = self._valid(m)
-            if not vals:
-                return math.nan
-            if method == "between_groups":
-                return _r(min(vals), max(vals))
-            ov = self.overall[m]
-            return min(min(_r(v, ov), _r(ov, v)) for v in vals)
+    def _check_ci(self) -> None:
+        if self.n_boot is None:
+            raise ValueError(
+                "this GroupMetricFrame has no confidence intervals: build it with n_boot= (e.g. n_boot=1000, "
+                "random_state=0)"
+            )
 
-        return self._summary(metric, ratio)
+    def _replicate_summary(self, metric: str | None, per_replicate: Callable[[np.ndarray, float], float]) -> Any:
+        """Quantiles over replicates of a summary of the group values (list: one entry per quantile)."""
+        self._check_ci()
+        assert self._boot_groups is not None and self._boot_overall is not None
+        names = self._metric(metric)
+        q = self.ci_quantiles
+        per_metric = {}
+        for m in names:
+            grp, over = self._boot_groups[m], self._boot_overall[m]
+            samples = np.asarray([per_replicate(grp[b], float(over[b])) for b in range(self.n_boot)])
+            per_metric[m] = _nanquantiles(samples, q)
+        single = metric is not None or len(names) == 1
+        return [
+            float(per_metric[names[0]][i]) if single else {m: float(per_metric[m][i]) for m in names}
+            for i in range(len(q))
+        ]
 
+    def group_min_ci(self, metric: str | None = None) -> list[float] | list[dict[str, float]]:
+        """Quantiles (one per ``ci_quantiles``) of :meth:`group_min` over the bootstrap resamples."""
+        return self._replicate_summary(metric, lambda g, o: min((v for v in g if not math.isnan(v)), default=math.nan))
+
+    def group_max_ci(self, metric: str | None = None) -> list[float] | list[dict[str, float]]:
+        """Quantiles (one per ``ci_quantiles``) of :meth:`group_max` over the bootstrap resamples."""
+        return self._replicate_summary(metric, lambda g, o: max((v for v in g if not math.isnan(v)), default=math.nan))
+
+    def difference_ci(
+        self, metric: str | None = None, method: str = "between_groups"
+    ) -> list[float] | list[dict[str, float]]:
+        """Quantiles (one per ``ci_quantiles``) of :meth:`difference` over the resamples (fairlearn's name)."""
+        if method not in _DIFF_METHODS:
+            raise ValueError(f"method must be one of {_DIFF_METHODS}, got {method!r}")
+        return self._replicate_summary(metric, lambda g, o: _difference_of(g.tolist(), o, method))
+
+    def ratio_ci(
+        self, metric: str | None = None, method: str = "between_groups"
+    ) -> list[float] | list[dict[str, float]]:
+        """Quantiles (one per ``ci_quantiles``) of :meth:`ratio` over the resamples (fairlearn's name)."""
+        if method not in _DIFF_METHODS:
+            raise ValueError(f"method must be one of {_DIFF_METHODS}, got {method!r}")
+        return self._replicate_summary(metric, lambda g, o: _ratio_of(g.tolist(), o, method))
+
+    def _single_metric(self, metric: str | None) -> str:
+        if metric is None:
+            if len(self.metrics) != 1:
+                raise ValueError(f"this frame has several metrics {self.metrics}: pass metric=")
+            return self.metrics[0]
+        return self._metric(metric)[0]
+
+    def _group_position(self, group: Any) -> int:
+        key = (
+            tuple(_level(v, "group", 0) for v in group)
+            if isinstance(group, tuple | list)
+            else (_level(group, "group", 0),)
+        )
+        keys = list(self._index)
+        if key not in self._index:
+            raise KeyError(f"no group {key!r} in this frame; groups are {keys}")
+        return keys.index(key)
+
+    def bootstrap_distribution(self, metric: str | None = None, group: Any = None) -> np.ndarray:
+        """The ``n_boot`` resampled values of ``metric`` overall (``group=None``) or of one group (NaN: undefined)."""
+        self._check_ci()
+        assert self._boot_groups is not None and self._boot_overall is not None
+        m = self._single_metric(metric)
+        if group is None:
+            return self._boot_overall[m].copy()
+        return self._boot_groups[m][:, self._group_position(group)].copy()
+
+    def interval(self, metric: str | None = None, group: Any = None) -> tuple[float, float]:
+        """``(low, high)``: values at the smallest and the largest of ``ci_quantiles``, overall or of a group.
+
+        ``group`` is a key of :attr:`groups` (a tuple, or a scalar level for one attribute). These are
+        the values of the ``<metric>_ci_low`` / ``<metric>_ci_high`` columns of :meth:`to_rows`.
+        """
+        self._check_ci()
+        m = self._single_metric(metric)
+        lo, hi = int(np.argmin(self.ci_quantiles)), int(np.argmax(self.ci_quantiles))
+        if group is None:
+            return self.overall_ci[lo][m], self.overall_ci[hi][m]
+        key = list(self._index)[self._group_position(group)]
+        return self.by_group_ci[lo][key][m], self.by_group_ci[hi][key][m]
+
+    # ------------------------------------------------------------------ marginal frames
     def for_attribute(self, name: str) -> GroupMetricFrame:
-        """The same metrics over the levels of one attribute (marginal groups, keys of length 1)."""
+        """The same metrics over the levels of one attribute (marginal groups, keys of length 1).
+
+        A bootstrapped frame gives a bootstrapped marginal frame (same settings; ``"stratified"``
+        resamples within the marginal groups).
+        """
         if name not in self.attributes:
             raise KeyError(f"no attribute {name!r}; attributes are {list(self.attributes)}")
         pos = self.attributes.index(name)
@@ -533,7 +769,9 @@ class GroupMetricFrame:
         declared = None
         if self._declared is not None:
             declared = list(dict.fromkeys((k[pos],) for k in self._declared))
-        return GroupMetricFrame._from_values(self._fns, self._y_true, self._y_pred, _Groups(keys, (name,)), declared)
+        return GroupMetricFrame._from_values(
+            self._fns, self._y_true, self._y_pred, _Groups(keys, (name,)), declared, self._bootstrap_args()
+        )
 
     def by_attribute(self) -> dict[str, GroupMetricFrame]:
         """One marginal frame per attribute (``{attribute: frame}``)."""
@@ -541,8 +779,14 @@ class GroupMetricFrame:
 
     # ------------------------------------------------------------------ export
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable summary (NaN -> None; group keys as lists and readable names)."""
-        return {
+        """JSON-serialisable summary (NaN -> None; group keys as lists and readable names).
+
+        With bootstrap intervals it also holds ``bootstrap`` (``n_boot``, ``ci_quantiles``,
+        ``random_state`` (an int or None), ``resample``), ``overall_ci`` / ``difference_ci`` /
+        ``ratio_ci`` / ``group_min_ci`` / ``group_max_ci`` (``{metric: [one value per quantile]}``) and,
+        in every ``by_group`` entry, ``ci`` (``{metric: [one value per quantile]}``).
+        """
+        out: dict[str, Any] = {
             "metrics": list(self.metrics),
             "attributes": list(self.attributes),
             "n": int(self._y_pred.shape[0]),
@@ -561,33 +805,58 @@ class GroupMetricFrame:
             "group_min": {m: _json_float(self.group_min(m)) for m in self.metrics},
             "group_max": {m: _json_float(self.group_max(m)) for m in self.metrics},
         }
+        if self.n_boot is None:
+            return out
+        rs = self.random_state
+        out["bootstrap"] = {
+            "n_boot": self.n_boot,
+            "ci_quantiles": list(self.ci_quantiles),
+            "random_state": int(rs) if isinstance(rs, numbers.Integral) else None,
+            "resample": self.resample,
+        }
+        out["overall_ci"] = {m: [_json_float(c[m]) for c in self.overall_ci] for m in self.metrics}
+        for entry, k in zip(out["by_group"], self.groups, strict=True):
+            entry["ci"] = {m: [_json_float(c[k][m]) for c in self.by_group_ci] for m in self.metrics}
+        for name in ("difference_ci", "ratio_ci", "group_min_ci", "group_max_ci"):
+            fn = getattr(self, name)
+            out[name] = {m: [_json_float(v) for v in fn(m)] for m in self.metrics}
+        return out
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """Flat rows for ``csv.DictWriter``: an ``overall`` row, then one row per group (NaN -> None)."""
+        """Flat rows for ``csv.DictWriter``: an ``overall`` row, then one row per group (NaN -> None).
+
+        With bootstrap intervals every metric column ``m`` is followed by ``m_ci_low`` and ``m_ci_high``
+        (the smallest and the largest of ``ci_quantiles``, as :meth:`interval`).
+        """
         blank = dict.fromkeys(self.attributes, "")
-        rows = [
-            {
-                "group": "overall",
-                **blank,
-                "count": int(self._y_pred.shape[0]),
-                **{m: _json_float(v) for m, v in self.overall.items()},
-            }
-        ]
+
+        def values(group: GroupKey | None) -> dict[str, Any]:
+            point = self.overall if group is None else self.by_group[group]
+            row: dict[str, Any] = {}
+            for m in self.metrics:
+                row[m] = _json_float(point[m])
+                if self.n_boot is not None:
+                    lo, hi = self.interval(m, group)
+                    row[f"{m}_ci_low"], row[f"{m}_ci_high"] = _json_float(lo), _json_float(hi)
+            return row
+
+        rows = [{"group": "overall", **blank, "count": int(self._y_pred.shape[0]), **values(None)}]
         for k in self.groups:
             rows.append(
                 {
                     "group": self.group_name(k),
                     **dict(zip(self.attributes, k, strict=True)),
                     "count": self.counts[k],
-                    **{m: _json_float(v) for m, v in self.by_group[k].items()},
+                    **values(k),
                 }
             )
         return rows
 
     def __repr__(self) -> str:
+        boot = "" if self.n_boot is None else f", n_boot={self.n_boot}, resample={self.resample!r}"
         return (
             f"GroupMetricFrame(metrics={self.metrics}, attributes={list(self.attributes)}, "
-            f"groups={len(self._index)}, n={self._y_pred.shape[0]})"
+            f"groups={len(self._index)}, n={self._y_pred.shape[0]}{boot})"
         )
 
 
@@ -599,6 +868,10 @@ def group_metric_frame(
     *,
     attributes: Sequence[str] | None = None,
     declared_groups: Iterable[Any] | None = None,
+    n_boot: int | None = None,
+    ci_quantiles: Sequence[float] = (0.025, 0.975),
+    random_state: int | np.random.RandomState | np.random.Generator | None = None,
+    resample: str = "stratified",
 ) -> GroupMetricFrame:
     """Functional form of :class:`GroupMetricFrame` (fairlearn ``MetricFrame(metrics=..., ...)``).
 
@@ -607,7 +880,92 @@ def group_metric_frame(
         frame = group_metric_frame({"acc": "accuracy", "tpr": "tpr"}, y, y_hat, {"sex": sex, "age": age_band})
         frame.by_group[("F", "<60")]["acc"]; frame.difference("tpr"); frame.for_attribute("sex").ratio()
     """
-    return GroupMetricFrame(metrics, y_true, y_pred, groups, attributes=attributes, declared_groups=declared_groups)
+    return GroupMetricFrame(
+        metrics,
+        y_true,
+        y_pred,
+        groups,
+        attributes=attributes,
+        declared_groups=declared_groups,
+        n_boot=n_boot,
+        ci_quantiles=ci_quantiles,
+        random_state=random_state,
+        resample=resample,
+    )
+
+
+class _Statistic:
+    """Metric ``fn(y_true, y_pred) = statistic(y_pred[:, column])`` for :func:`group_bootstrap_ci`."""
+
+    def __init__(self, statistic: Callable[[np.ndarray], Any], column: int) -> None:
+        self.statistic, self.column = statistic, column
+
+    def __call__(self, y_true: Any, y_pred: np.ndarray) -> Any:
+        return self.statistic(y_pred[:, self.column])
+
+
+def group_bootstrap_ci(
+    values: Any,
+    groups: Any,
+    statistic: Callable[[np.ndarray], Any] = np.mean,
+    *,
+    n_boot: int = 1000,
+    ci_quantiles: Sequence[float] = (0.025, 0.975),
+    random_state: int | np.random.RandomState | np.random.Generator | None = None,
+    resample: str = "stratified",
+    attributes: Sequence[str] | None = None,
+    declared_groups: Iterable[Any] | None = None,
+) -> GroupMetricFrame:
+    """Per-group ``statistic`` of per-sample scores with bootstrap intervals (e.g. Dice per image).
+
+    Args:
+        values: one score per sample (1-D), or a mapping ``name -> scores`` (e.g.
+            ``{"dice_cup": d[:, 0], "dice_rim": d[:, 1]}``): several scores are resampled together,
+            with the same records in every replicate.
+        groups: group of every sample, any form of :func:`resolve_groups`.
+        statistic: ``fn(scores of a group) -> float`` (default the mean, as per-group Dice).
+        n_boot, ci_quantiles, random_state, resample: as for :class:`GroupMetricFrame` (default
+            1000 resamples, 95 % percentile interval, resampled within each group).
+        attributes, declared_groups: as for :class:`GroupMetricFrame`.
+
+    Returns:
+        a bootstrapped :class:`GroupMetricFrame` whose metrics are the score names (one 1-D array:
+        the statistic's ``__name__``, ``"mean"`` for ``np.mean``)::
+
+            frame = group_bootstrap_ci({"dice_cup": dice_cup}, {"race": race}, random_state=0)
+            frame.by_group[("Black",)]["dice_cup"]; frame.interval("dice_cup", "Black")  # (low, high)
+            frame.to_rows()  # dice_cup, dice_cup_ci_low, dice_cup_ci_high per group
+    """
+    if isinstance(values, Mapping):
+        if not values:
+            raise ValueError("values names no score")
+        names = [str(k) for k in values]
+        cols = [as_array(v, f"values[{k!r}]", ndim=1) for k, v in values.items()]
+        lengths = {nm: c.shape[0] for nm, c in zip(names, cols, strict=True)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"values: scores have different lengths {lengths}")
+    else:
+        names = [getattr(statistic, "__name__", None) or "statistic"]
+        cols = [as_array(values, "values", ndim=1)]
+    if not callable(statistic):
+        raise TypeError(f"statistic must be callable, got {statistic!r}")
+    for nm, col in zip(names, cols, strict=True):
+        if col.dtype.kind not in "biuf":
+            raise ValueError(f"values {nm!r} must be numeric scores, got dtype {col.dtype}")
+    stacked = np.stack([c.astype(float) for c in cols], axis=1)
+    metrics = {nm: _Statistic(statistic, j) for j, nm in enumerate(names)}
+    return GroupMetricFrame(
+        metrics,
+        None,
+        stacked,
+        groups,
+        attributes=attributes,
+        declared_groups=declared_groups,
+        n_boot=n_boot,
+        ci_quantiles=ci_quantiles,
+        random_state=random_state,
+        resample=resample,
+    )
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -647,6 +1005,9 @@ class CumulativeGroupMetric:
             ``"dict"`` (``frame.to_dict()``), or the float ``"overall"``, ``"difference"``,
             ``"ratio"``, ``"group_min"``, ``"group_max"`` of ``metric``.
         metric: metric for the scalar outputs (default: the only metric).
+        n_boot, ci_quantiles, random_state, resample: bootstrap confidence intervals of the
+            aggregated frame (see :class:`GroupMetricFrame`; ``n_boot=None``: none). Give an int
+            ``random_state`` so that every epoch (and every rank) draws the same resamples.
     """
 
     def __init__(
@@ -657,8 +1018,22 @@ class CumulativeGroupMetric:
         declared_groups: Iterable[Any] | None = None,
         output: str = "frame",
         metric: str | None = None,
+        n_boot: int | None = None,
+        ci_quantiles: Sequence[float] = (0.025, 0.975),
+        random_state: int | np.random.RandomState | np.random.Generator | None = None,
+        resample: str = "stratified",
     ) -> None:
         self._fns = _resolve_metrics(metrics)
+        self._boot_args: dict[str, Any] | None = None
+        if n_boot is not None:
+            quantiles = _check_bootstrap(n_boot, ci_quantiles, resample)
+            _check_random_state(random_state)
+            self._boot_args = {
+                "n_boot": int(n_boot),
+                "ci_quantiles": quantiles,
+                "random_state": random_state,
+                "resample": resample,
+            }
         if output not in _OUTPUTS:
             raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
         if metric is not None and metric not in self._fns:
@@ -752,7 +1127,9 @@ class CumulativeGroupMetric:
         y_pred, y_true, keys = self.get_buffer()
         attrs = self.attributes or _default_attributes(len(keys[0]))
         declared = _canonical_declared(self._declared_in, len(attrs))
-        frame = GroupMetricFrame._from_values(self._fns, y_true, y_pred, _Groups(keys, attrs), declared)
+        frame = GroupMetricFrame._from_values(
+            self._fns, y_true, y_pred, _Groups(keys, attrs), declared, self._boot_args
+        )
         if output == "frame":
             return frame
         if output == "dict":

@@ -169,6 +169,7 @@ def make_dicom_cohort(
             slice_thickness=5.0,
             record_id=sid,
             uid_entropy=(GENERATOR, GENERATOR_VERSION, seed, i),
+            overwrite=True,  # rebuilding a cohort in place replaces the phantom's own series only
         )
         rows.append({"id": sid, "image": sid, "label": int(label[i]), "split": split[i]})
     manifest = out / "manifest.csv"
