@@ -74,7 +74,7 @@ def test_synthetic_flag_and_generator_fields(files):
         ("image,synthetic\na.nii.gz,maybe\n", r"row 2, field 'synthetic': 'maybe' is not a boolean"),
         (
             "id,image\nx,a.nii.gz\nx,b.nii.gz\n",
-            r"row 2, field 'id': duplicate record id 'x' \(also at row 1\)",
+            r"m.csv, row 3, field 'id': duplicate record id 'x' \(also at row 2\)",
         ),
     ],
 )
@@ -101,7 +101,7 @@ def test_bad_json_and_missing_manifest(files):
 def test_manifest_with_unknown_attribute_value_fails_at_load_with_row(files):
     path = files / "m.csv"
     path.write_text("image,sex,age,bmi,label\na.nii.gz,F,50,22,0\nb.nii.gz,female,50,22,1\n")
-    with pytest.raises(InputError, match=r"m.csv, row 2, field 'sex': unknown value 'female'"):
+    with pytest.raises(InputError, match=r"m.csv, row 3, field 'sex': unknown value 'female'"):
         Cohort.from_manifest(path, GroupSpec.cardiac())
 
 
