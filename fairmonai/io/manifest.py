@@ -176,7 +176,7 @@ def warn_frame_lookalikes(columns: Iterable[str], *, path: str | os.PathLike | N
         if looks_like_frame_column(name):
             warnings.warn(
                 f"{path}: column {name!r} looks like a frame index but is not 'ed_frame' or 'es_frame'; it is read "
-                f"as a sensitive attribute and cine records fall back to frame 0 for ED{hint}",
+                f"as a sensitive attribute, and cine records fall back to their default frames (ED = frame 0){hint}",
                 UserWarning,
                 stacklevel=3,
             )
@@ -303,11 +303,13 @@ def check_header(header: Sequence[str] | None, *, path: str | os.PathLike, requi
     return names
 
 
-def read_csv_rows(path: Path, *, required: str | None = "image") -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+def read_csv_rows(
+    path: Path, *, required: str | None = "image", delimiter: str = ","
+) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """Header and ``(line number, row)`` pairs of a CSV file; blank lines are skipped, ragged ones are errors."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter)
             header = check_header(next(reader, None), path=path, required=required)
             rows = []
             for cells in reader:
