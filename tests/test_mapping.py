@@ -20,6 +20,8 @@ P001,Female,54,23.1,no,0,9,dev,
 P002,Male,67,31.4,yes,1,11,dev,fine
 P003,Female,72,27.0,yes,0,8,tune,
 P004,Male,49,22.5,no,2,10,holdout,"re-scan, 2019"
+P005,Female,75,27.5,yes,0,9,dev,
+P006,Male,58,26.0,no,0,10,dev,
 """
 
 MAPPING = """table: clinical/table.csv
@@ -56,7 +58,7 @@ def team(tmp_path):
     """Foreign layout: a table in one folder, <PatientID>/cine_sax.nii.gz (int16, 4D) + seg_ed/seg_es in another."""
     (tmp_path / "clinical").mkdir()
     (tmp_path / "clinical" / "table.csv").write_text(TABLE)
-    for i, pid in enumerate(("P001", "P002", "P003", "P004")):
+    for i, pid in enumerate(("P001", "P002", "P003", "P004", "P005", "P006")):
         d = tmp_path / "scans" / pid
         d.mkdir(parents=True)
         _nifti(d / "cine_sax.nii.gz", (12, 12, 3, 12), seed=i)
@@ -76,19 +78,19 @@ def _edit(team, old, new):
 
 def test_foreign_layout_maps_columns_values_files_frames_and_splits(team):
     records = read_manifest(team / "map.yaml")
-    assert [r.id for r in records] == ["P001", "P002", "P003", "P004"]
+    assert [r.id for r in records] == ["P001", "P002", "P003", "P004", "P005", "P006"]
     first = records[0]
     assert first.image == str(team / "scans" / "P001" / "cine_sax.nii.gz")
     assert nib.load(first.image).get_data_dtype() == np.int16 and nib.load(first.image).ndim == 4
     assert first.extra["seg_ed"] == str(team / "scans" / "P001" / "seg_ed.nii.gz")
     assert first.extra["seg_es"] == str(team / "scans" / "P001" / "seg_es.nii.gz")
-    assert [r.label for r in records] == [0, 1, 1, 0]
+    assert [r.label for r in records] == [0, 1, 1, 0, 1, 0]
     assert [r.attributes for r in records][:2] == [
         {"sex": "F", "age": 54, "bmi": 23.1},
         {"sex": "M", "age": 67, "bmi": 31.4},
     ]
-    assert [(r.extra["ed_frame"], r.extra["es_frame"]) for r in records] == [(0, 9), (1, 11), (0, 8), (2, 10)]
-    assert [r.extra["split"] for r in records] == ["training", "training", "validation", "test"]
+    assert [(r.extra["ed_frame"], r.extra["es_frame"]) for r in records][:4] == [(0, 9), (1, 11), (0, 8), (2, 10)]
+    assert [r.extra["split"] for r in records] == ["training", "training", "validation", "test", "training", "training"]
     # records point at the team's table and its line numbers, for every later message
     assert (first.source_path, first.source_row) == (str(team / "clinical" / "table.csv"), 2)
     cohort = Cohort.from_manifest(team / "map.yaml", GroupSpec.cardiac())
@@ -99,7 +101,7 @@ def test_manifest_command_writes_and_revalidates_the_project_manifest(team, caps
     out = team / "out" / "manifest.csv"
     assert main(["manifest", str(team / "map.yaml"), "--out", str(out), "--preset", "cardiac"]) == 0
     printed = capsys.readouterr().out
-    assert "4 records" in printed and "training 2" in printed and "validation 1" in printed and "test 1" in printed
+    assert "6 records" in printed and "training 4" in printed and "validation 1" in printed and "test 1" in printed
     rows = list(csv.DictReader(out.open()))
     assert rows[0]["id"] == "P001" and rows[0]["sex"] == "F" and rows[0]["label"] == "0"
     assert rows[0]["ed_frame"] == "0" and rows[0]["es_frame"] == "9" and rows[3]["split"] == "test"
@@ -163,7 +165,7 @@ def test_missing_file_names_table_line_and_template(team):
         read_manifest(team / "map.yaml")
     msg = str(err.value)
     assert "table.csv, row 3, field 'seg_ed': file not found" in msg and "{PatientID}/seg_ed.nii.gz" in msg
-    assert len(read_manifest(team / "map.yaml", check_files=False)) == 4
+    assert len(read_manifest(team / "map.yaml", check_files=False)) == 6
 
 
 def test_implausible_age_names_the_team_column(team):
@@ -178,7 +180,7 @@ def test_unmapped_frame_column_warns(team):
     path = _edit(team, "  ed_frame: ED\n", "  ed_frame: 0\n")  # ED column now unmapped: passes through
     with pytest.warns(UserWarning, match=r"column 'ED' looks like a frame index"):
         records = read_manifest(path)
-    assert [r.extra["ed_frame"] for r in records] == [0, 0, 0, 0]
+    assert [r.extra["ed_frame"] for r in records] == [0] * 6
 
 
 def test_stratified_split_is_deterministic_and_keeps_every_stratum_in_training(tmp_path):
