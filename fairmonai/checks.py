@@ -34,9 +34,9 @@ TASKS = ("classification", "segmentation", None)
 _SHOW = 8  # how many rows / groups a message lists before "... and N more"
 
 
-def _listing(items: list[str]) -> str:
+def _listing(items: list[str], sep: str = ", ") -> str:
     more = len(items) - _SHOW
-    return ", ".join(items[:_SHOW]) + (f" ... and {more} more" if more > 0 else "")
+    return sep.join(items[:_SHOW]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _counts(values: Iterable[Any]) -> str:
@@ -225,7 +225,9 @@ def check_training_cohorts(
     untrained = sorted(elsewhere - train_keys, key=spec.sort_key)
     if untrained:
         listed = _where_else(untrained, key_counts, spec.name)
-        message = f"{len(untrained)} group(s) occur in validation/test but have no training member: {_listing(listed)}"
+        message = (
+            f"{len(untrained)} group(s) occur in validation/test but have no training member: {_listing(listed, '; ')}"
+        )
         if strict_groups:
             raise InputError(message, path=source)
         warnings.append(f"{source}: {message}")
@@ -234,7 +236,7 @@ def check_training_cohorts(
     if absent:
         warnings.append(
             f"{source}: {len(absent)} of the {len(declared)} declared groups have no record in any split: "
-            f"{_listing([spec.name(k) for k in absent])}"
+            f"{_listing([spec.name(k) for k in absent], '; ')}"
         )
     return warnings
 

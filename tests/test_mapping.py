@@ -129,6 +129,7 @@ def test_unmapped_split_word_names_split_values(team):
         read_manifest(team / "map.yaml")
 
 
+@pytest.mark.filterwarnings("ignore:.*column 'ES' looks like a frame index")
 @pytest.mark.parametrize(
     "old, new, match",
     [
