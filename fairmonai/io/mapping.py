@@ -39,6 +39,7 @@ record, the table file, its line and column, and the value).
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import random
@@ -159,6 +160,14 @@ def _match(cell: str, vmap: Mapping[Any, Any]) -> tuple[bool, Any]:
     if len(folded) == 1:
         return True, folded[0]
     return False, None
+
+
+def _band(value: Any, edges: tuple[float, ...]) -> int:
+    """Index of the band ``[-inf, e0), [e0, e1), ...`` a number falls in (as the cohort's Binning cuts)."""
+    x = float(value)
+    if math.isnan(x):
+        raise ValueError("value is NaN")
+    return bisect.bisect_right(edges, x)
 
 
 def _template_fields(template: str, key: str, mapping: Path, header: list[str]) -> list[str]:
@@ -419,9 +428,7 @@ class _Mapping:
         self.output_columns |= set(tags)
 
     def _stratify_specs(self) -> None:
-        from fairmonai.cohort import Binning  # the cohort model sits above this module: import on use
-
-        self.strata: list[tuple[str, Any]] = []
+        self.strata: list[tuple[str, tuple[float, ...] | None]] = []
         for item in self.stratify:
             name, *edges = (p.strip() for p in item.split(":"))
             if name not in self.output_columns or name in PATH_COLUMNS or name in ("id", "split"):
@@ -431,10 +438,14 @@ class _Mapping:
                     f"{name!r} is not a column to stratify by; columns: {sorted(self.output_columns)}",
                 )
             try:
-                binning = Binning(tuple(float(e) for e in edges)) if edges else None
-            except ValueError as exc:
-                raise _err(self.path, "split.stratify", f"{item!r}: {exc}") from None
-            self.strata.append((name, binning))
+                cuts = tuple(float(e) for e in edges)
+            except ValueError:
+                cuts = ()
+            if edges and (not cuts or list(cuts) != sorted(set(cuts))):
+                raise _err(
+                    self.path, "split.stratify", f"{item!r}: bin edges must be ascending numbers, e.g. 'age:60:70'"
+                )
+            self.strata.append((name, cuts or None))
 
     def _ranges(self, data: Mapping[str, Any]) -> None:
         self.ranges: dict[str, Any] = {}
@@ -580,7 +591,7 @@ class _Mapping:
                         field=name,
                     )
                 try:
-                    parts.append(_canon(value) if binning is None else binning(value))
+                    parts.append(_canon(value) if binning is None else str(_band(value, binning)))
                 except (TypeError, ValueError):
                     raise InputError(
                         f"value {value!r} is not a number; split.stratify of {self.path} bins it",
