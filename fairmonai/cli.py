@@ -154,9 +154,12 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
         raise SystemExit("--out must not be the input file")
     spec = _group_spec(args) if (args.groups or args.preset) else None
     cohort = _read_checked("manifest", source, spec, False, _task(args.task), check_files=not args.no_check_files)
+    if out.suffix.lower() == ".json" and any(r.extra.get("split") is None for r in cohort.records):
+        raise SystemExit("records without a split would land in the JSON datalist's 'training' list: write a .csv")
     write_manifest(cohort.records, out)
     again = read_manifest(out, check_files=not args.no_check_files)  # the written file reads back the same
-    if [r.to_dict() for r in again] != [r.to_dict() for r in cohort.records]:
+    by_id = {r.id: r.to_dict() for r in cohort.records}  # a JSON datalist groups records by split
+    if len(again) != len(by_id) or any(by_id.get(r.id) != r.to_dict() for r in again):
         raise RuntimeError(f"{out} does not read back as the records written")
     tables = sorted({r.source_path for r in cohort.records if r.source_path})
     splits = Counter(r.extra.get("split") or "none" for r in cohort.records)
