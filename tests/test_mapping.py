@@ -240,3 +240,33 @@ def test_dicom_cohort_with_attributes_in_tags(tmp_path):
     assert [str(r.label) for r in cohort] == [row["label"] for row in rows]
     mapped = read_mapping(tmp_path / "m.yml")
     assert mapped.split_method == "column 'Set'" and mapped.table == tmp_path / "export.csv"
+
+
+def test_path_columns_numeric_codes_team_named_value_maps_and_tsv(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "img" / name).write_bytes(b"x")
+    (tmp_path / "t.tsv").write_text("Subj\tPath\tGender\tDx\nS1\ta.png\t1\tY\nS2\tb.png\t2\tN\n")
+    (tmp_path / "m.yaml").write_text(
+        "table: t.tsv\nroot: img\ncolumns: {id: Subj, image: Path, sex: Gender, label: Dx}\n"
+        "values: {Gender: {1: M, 2: F}, Dx: {'Y': 1, 'N': 0}}\n"
+    )
+    records = read_manifest(tmp_path / "m.yaml")
+    assert [(r.image, r.attributes["sex"], r.label) for r in records] == [
+        (str(tmp_path / "img" / "a.png"), "M", 1),
+        (str(tmp_path / "img" / "b.png"), "F", 0),
+    ]
+    (tmp_path / "img" / "b.png").unlink()
+    with pytest.raises(InputError, match=r"t.tsv, row 3, field 'Path': file not found: .*b.png \(column 'Path'"):
+        read_manifest(tmp_path / "m.yaml")
+
+
+def test_blank_cells_stay_blank_and_null_blanks_a_value(tmp_path):
+    (tmp_path / "t.csv").write_text("Subj,Sex,Dx\nS1,,no\nS2,Unknown,yes\n")
+    (tmp_path / "m.yaml").write_text(
+        "table: t.csv\ncolumns: {id: Subj, sex: Sex, label: Dx}\n"
+        "values: {sex: {Unknown: null, F: F}, label: {yes: 1, no: 0}}\n"
+        "files: {image: '{Subj}.png'}\n"
+    )
+    records = read_manifest(tmp_path / "m.yaml", check_files=False)
+    assert [r.attributes.get("sex") for r in records] == [None, None] and [r.label for r in records] == [0, 1]
