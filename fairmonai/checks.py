@@ -168,7 +168,9 @@ def check_training_cohorts(
     training = cohorts.get("training")
     source = source or (training.source if training is not None else None)
     found = {name: len(c) for name, c in cohorts.items() if len(c)}
-    found_text = ", ".join(f"{k} ({n})" for k, n in found.items()) or "none"
+    found_text = ", ".join(f"{k} ({n})" for k, n in found.items()) or (
+        "none (give the manifest a split column, or split: {stratify: [...]} in a YAML mapping)"
+    )
     needed = ["training", "validation"] if require_validation else ["training"]
     for name in needed:
         if name not in found:

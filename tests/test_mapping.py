@@ -270,3 +270,18 @@ def test_blank_cells_stay_blank_and_null_blanks_a_value(tmp_path):
     )
     records = read_manifest(tmp_path / "m.yaml", check_files=False)
     assert [r.attributes.get("sex") for r in records] == [None, None] and [r.label for r in records] == [0, 1]
+
+
+def test_the_classifier_bundle_takes_the_mapping_as_its_manifest(team, tmp_path):
+    """``--manifest mapping.yaml`` unchanged: the bundle's load_cohorts reads and checks it."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "fair_classifier" / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.yaml"))
+    parser.update({"bundle_root": str(configs.parent), "manifest": str(team / "map.yaml"), "output_dir": str(tmp_path)})
+    cohorts = parser.get_parsed_content("cohorts")
+    assert [r.id for r in cohorts["training"]] == ["P001", "P002", "P005", "P006"]
+    assert [r.id for r in cohorts["validation"]] == ["P003"] and cohorts["training"].spec == GroupSpec.cardiac()
