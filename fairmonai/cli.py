@@ -1,4 +1,4 @@
-"""The ``fairmonai`` command: plugins, phantom, audit, verify-bundle, demo."""
+"""The ``fairmonai`` command: plugins, phantom, audit, manifest, verify-bundle, demo."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from typing import Any
 from fairmonai.errors import FairMonaiError, located_cause
 
 __all__ = ["main"]
+
+SPLIT_NAMES = ("training", "validation", "test")
+TASK_CHOICES = ["classification", "segmentation", "none"]
 
 
 def _parse_value(text: str) -> Any:
@@ -71,23 +74,110 @@ def _group_spec(args: argparse.Namespace):
     raise SystemExit("name the groups with --groups 'sex,age:60:70' or --preset cardiac|fundus|dicom")
 
 
-def _audit(manifest: Path, spec, out: Path, dicom_tags: bool, title: str | None) -> dict[str, Path]:
-    from fairmonai.cohort import Cohort
-    from fairmonai.report.audit import write_audit
+def _warn(command: str, notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"fairmonai {command}: warning: {note}", file=sys.stderr)
 
-    cohort = Cohort.from_manifest(manifest)
+
+def _read_checked(
+    command: str,
+    manifest: Path,
+    spec,
+    dicom_tags: bool,
+    task: str | None,
+    check_files: bool = True,
+    strict: bool = True,
+):
+    """Read a manifest (or YAML mapping) and run the checks training runs; print the warnings.
+
+    ``strict=False``: what would stop training (no validation split, a single class, an attribute level
+    training lacks) is printed as a warning instead of raised.
+    """
+    import warnings
+
+    from fairmonai.checks import check_cohort
+    from fairmonai.cohort import Cohort
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        cohort = Cohort.from_manifest(manifest, check_files=check_files)
+    notes = [str(w.message) for w in caught]
     if dicom_tags:
         from fairmonai.io.dicom import attributes_from_dicom
 
         cohort = attributes_from_dicom(cohort)
-    cohort = cohort.with_spec(spec)
+    if spec is not None:
+        cohort = cohort.with_spec(spec)
+    notes += check_cohort(cohort, task=task, splits_as_warnings=not strict)
+    # ---- image-header check (lead: add here) --------------------------------------------------------
+    # notes += fairmonai.io.inspect.inspect_cohort(cohort)
+    # --------------------------------------------------------------------------------------------------
+    _warn(command, notes)
+    return cohort
+
+
+def _task(text: str) -> str | None:
+    return None if text == "none" else text
+
+
+def _audit(
+    manifest: Path,
+    spec,
+    out: Path,
+    dicom_tags: bool,
+    title: str | None,
+    task: str | None = "classification",
+    strict: bool = False,
+) -> dict[str, Path]:
+    from fairmonai.report.audit import write_audit
+
+    cohort = _read_checked("audit", manifest, spec, dicom_tags, task, strict=strict)
     return write_audit(cohort, out, title=title or f"Cohort audit: {manifest.name}")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    paths = _audit(Path(args.manifest), _group_spec(args), Path(args.out), args.dicom_tags, args.title)
+    spec = _group_spec(args)
+    paths = _audit(
+        Path(args.manifest), spec, Path(args.out), args.dicom_tags, args.title, _task(args.task), args.strict
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    """Write (atomically) and validate the project-format manifest a YAML mapping (or any manifest) stands for."""
+    from collections import Counter
+
+    from fairmonai.io.manifest import read_manifest, write_manifest
+
+    source, out = Path(args.mapping), Path(args.out)
+    if out.resolve() == source.resolve():
+        raise SystemExit("--out must not be the input file")
+    spec = _group_spec(args) if (args.groups or args.preset) else None
+    cohort = _read_checked("manifest", source, spec, False, _task(args.task), check_files=not args.no_check_files)
+    if out.suffix.lower() == ".json" and any(r.extra.get("split") is None for r in cohort.records):
+        raise SystemExit("records without a split would land in the JSON datalist's 'training' list: write a .csv")
+    write_manifest(cohort.records, out)
+    again = read_manifest(out, check_files=not args.no_check_files)  # the written file reads back the same
+    by_id = {r.id: r.to_dict() for r in cohort.records}  # a JSON datalist groups records by split
+    if len(again) != len(by_id) or any(by_id.get(r.id) != r.to_dict() for r in again):
+        raise RuntimeError(f"{out} does not read back as the records written")
+    tables = sorted({r.source_path for r in cohort.records if r.source_path})
+    splits = Counter(r.extra.get("split") or "none" for r in cohort.records)
+    labels = Counter(str(r.label) for r in cohort.records if r.label is not None)
+    attributes = list(dict.fromkeys(a for r in cohort.records for a in r.attributes))
+    columns = list(dict.fromkeys(c for r in cohort.records for c in r.to_dict()))
+    print(f"{len(cohort)} records from {', '.join(tables)} (via {source})")
+    print("splits: " + ", ".join(f"{k} {splits[k]}" for k in (*SPLIT_NAMES, "none") if splits.get(k)))
+    if labels:
+        print("labels: " + ", ".join(f"{k} {n}" for k, n in sorted(labels.items())))
+    print(f"attributes: {', '.join(attributes) or 'none'}")
+    if spec is not None:
+        groups = cohort.counts()
+        print(f"groups: {sum(1 for n in groups.values() if n)} of {len(groups)} non-empty")
+    print(f"columns: {', '.join(columns)}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -143,7 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-tags", action="store_true", help="read missing attributes from DICOM tags")
     p.add_argument("--title", help="report title")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--task", choices=TASK_CHOICES, default="classification", help="run the checks training for this task runs"
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="fail (instead of warn) on what would stop training, e.g. no validation"
+    )
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser(
+        "manifest",
+        help="write and validate the project-format manifest of a YAML mapping of a team's own table and layout",
+    )
+    p.add_argument("mapping", help="YAML mapping (see docs/custom_data.md), or a CSV / JSON manifest to check")
+    p.add_argument("--out", required=True, help="manifest to write (.csv or .json), atomically")
+    p.add_argument("--groups", help="also check the groups, e.g. 'sex,age:60:70,bmi:25:30'")
+    p.add_argument("--include-label", action="store_true", help="make the label part of the group key")
+    p.add_argument("--preset", choices=["cardiac", "fundus", "dicom"], help="also check the groups of a preset")
+    p.add_argument("--task", choices=TASK_CHOICES, default="classification", help="checks of this task's training")
+    p.add_argument("--no-check-files", action="store_true", help="do not require the image and label files to exist")
+    p.set_defaults(func=_cmd_manifest)
 
     p = sub.add_parser("verify-bundle", help="model-zoo and fairmonai checks of a MONAI bundle")
     p.add_argument("path", help="bundle folder")

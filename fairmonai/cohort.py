@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,47 +25,15 @@ from typing import Any
 
 from fairmonai.errors import EmptyGroupError, InputError
 
-__all__ = ["Record", "Binning", "GroupSpec", "GroupKey", "Cohort", "BALANCE_STRATEGIES"]
+# the record model and the manifest reader sit below the cohort; they never import this module
+from fairmonai.io.manifest import NON_ATTRIBUTE_COLUMNS, Ranges, Record, read_manifest, record_from_row, write_manifest
+
+__all__ = ["Record", "Binning", "GroupSpec", "GroupKey", "Cohort", "BALANCE_STRATEGIES", "record_from_row"]
 
 GroupKey = tuple[str, ...]
 
 #: ways to choose the per-group target count when balancing (see :meth:`Cohort.target_counts`)
 BALANCE_STRATEGIES = ("largest", "fixed", "mean")
-
-
-@dataclass
-class Record:
-    """One subject (or one image) of a cohort.
-
-    Args:
-        id: unique identifier within the cohort.
-        image: path of the image: a file, a DICOM series folder or a cine subject folder.
-        mask: path of the segmentation, if any.
-        label: target of the downstream task (class index or name), if any.
-        attributes: sensitive attributes such as sex, age, BMI, race, ethnicity, skin tone.
-        synthetic: True for generated records.
-        extra: every other column (split, generator, generator_version, seed, ed_frame, ...).
-    """
-
-    id: str
-    image: str | None
-    mask: str | None = None
-    label: Any = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    synthetic: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat MONAI datalist item: ``{"id", "image", "mask", "label", **attributes, "synthetic", **extra}``."""
-        item: dict[str, Any] = {"id": self.id, "image": self.image}
-        if self.mask is not None:
-            item["mask"] = self.mask
-        if self.label is not None:
-            item["label"] = self.label
-        item.update(self.attributes)
-        item["synthetic"] = self.synthetic
-        item.update(self.extra)
-        return item
 
 
 def _fmt(x: float) -> str:
@@ -103,21 +70,6 @@ class Binning:
         return self.labels[bisect.bisect_right(self.edges, x)]
 
 
-def _parse_value(value: Any) -> Any:
-    """Manifest cells arrive as text: give numbers back as numbers, blanks as None."""
-    if value is None or not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _level(value: Any) -> str:
     """Canonical level name of a categorical value: ``1``, ``1.0`` and ``"1"`` are one level."""
     if isinstance(value, bool):
@@ -150,6 +102,13 @@ class GroupSpec:
         object.__setattr__(self, "attributes", tuple(self.attributes))
         bins = {a: b if isinstance(b, Binning) else Binning(tuple(b)) for a, b in dict(self.bins).items()}
         cats = {a: tuple(_level(v) for v in vals) for a, vals in dict(self.categories).items()}
+        reserved = [a for a in self.attributes if a in NON_ATTRIBUTE_COLUMNS]
+        if reserved:
+            hint = "; to group by the label use include_label" if "label" in reserved else ""
+            raise ValueError(
+                f"grouping attribute(s) {reserved} are reserved manifest columns (record id, paths, label, split, "
+                f"frames ...), not sensitive attributes{hint}"
+            )
         for name in list(bins) + list(cats):
             if name not in self.attributes:
                 raise ValueError(f"bins/categories name {name!r}, which is not a grouping attribute {self.attributes}")
@@ -294,14 +253,22 @@ class Cohort(Sequence[Record]):
         seen: dict[str, int] = {}
         for i, rec in enumerate(self.records):
             if rec.id in seen:
-                raise InputError(
-                    f"duplicate record id {rec.id!r} (also at row {seen[rec.id] + 1})",
-                    path=source,
-                    row=i + 1,
-                    field="id",
-                )
+                here, there = self.location(i), self.location(seen[rec.id])
+                also = f"row {there['row']}" + ("" if there["path"] == here["path"] else f" of {there['path']}")
+                raise InputError(f"duplicate record id {rec.id!r} (also at {also})", field="id", **here)
             seen[rec.id] = i
         self._keys: list[GroupKey] | None = None
+
+    def location(self, index: int) -> dict[str, Any]:
+        """``{"path", "row"}`` of record ``index`` for error messages: the file and line it was read from.
+
+        Records built in memory (no source) are located by their 1-based position in the cohort.
+        """
+        rec = self.records[index]
+        return {
+            "path": rec.source_path if rec.source_path is not None else self.source,
+            "row": rec.source_row if rec.source_row is not None else index + 1,
+        }
 
     # ---------------------------------------------------------------- construction / IO
     @classmethod
@@ -312,19 +279,17 @@ class Cohort(Sequence[Record]):
         *,
         split: str | None = None,
         check_files: bool = True,
+        ranges: Ranges | None = None,
     ) -> Cohort:
-        """Read a CSV or JSON manifest (see :mod:`fairmonai.io.manifest`)."""
-        from fairmonai.io.manifest import read_manifest
-
-        cohort = cls(read_manifest(path, split=split, check_files=check_files), spec, source=str(path))
+        """Read a CSV or JSON manifest, or a YAML mapping of a foreign table (see :mod:`fairmonai.io.manifest`)."""
+        records = read_manifest(path, split=split, check_files=check_files, ranges=ranges)
+        cohort = cls(records, spec, source=str(path))
         if spec is not None:
             cohort.keys()  # validate every record's attributes now, with row numbers
         return cohort
 
     def to_manifest(self, path: str | PathLike) -> None:
         """Write the records as a CSV or JSON manifest (chosen by extension), atomically."""
-        from fairmonai.io.manifest import write_manifest
-
         write_manifest(self.records, path)
 
     def with_spec(self, spec: GroupSpec) -> Cohort:
@@ -359,7 +324,7 @@ class Cohort(Sequence[Record]):
         """Group key of every record, in record order (validated once, then cached)."""
         if self._keys is None:
             spec = self._require_spec()
-            self._keys = [spec.key(r, where={"path": self.source, "row": i + 1}) for i, r in enumerate(self.records)]
+            self._keys = [spec.key(r, where=self.location(i)) for i, r in enumerate(self.records)]
         return self._keys
 
     def group_indices(self) -> dict[GroupKey, list[int]]:
@@ -447,35 +412,6 @@ class Cohort(Sequence[Record]):
     def split(self, name: str) -> Cohort:
         """Records whose ``extra['split']`` equals ``name``."""
         return self.filter(lambda r: r.extra.get("split") == name)
-
-
-def record_from_row(row: Mapping[str, Any], *, path: str | None = None, row_number: int | str | None = None) -> Record:
-    """Build a :class:`Record` from a flat manifest row (column -> cell)."""
-    from fairmonai.io.manifest import NON_ATTRIBUTE_COLUMNS
-
-    cells = {str(k).strip(): _parse_value(v) for k, v in row.items() if k is not None}
-    image = cells.get("image")
-    if image is None:
-        raise InputError("no image path", path=path, row=row_number, field="image")
-    rec_id = cells.get("id")
-    if rec_id is None:
-        rec_id = re.sub(r"(\.nii)?\.gz$|\.[A-Za-z0-9]+$", "", str(image).replace("\\", "/").rstrip("/").split("/")[-1])
-    synthetic = cells.get("synthetic")
-    if isinstance(synthetic, str):
-        if synthetic.lower() not in {"true", "false", "yes", "no"}:
-            raise InputError(f"{synthetic!r} is not a boolean", path=path, row=row_number, field="synthetic")
-        synthetic = synthetic.lower() in {"true", "yes"}
-    attributes = {k: v for k, v in cells.items() if k not in NON_ATTRIBUTE_COLUMNS}
-    extra = {k: v for k, v in cells.items() if k in NON_ATTRIBUTE_COLUMNS and k not in Record.__dataclass_fields__}
-    return Record(
-        id=str(rec_id),
-        image=str(image),
-        mask=None if cells.get("mask") is None else str(cells["mask"]),
-        label=cells.get("label"),
-        attributes=attributes,
-        synthetic=bool(synthetic) if synthetic is not None else False,
-        extra=extra,
-    )
 
 
 def with_attributes(record: Record, **attributes: Any) -> Record:

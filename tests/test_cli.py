@@ -79,3 +79,33 @@ def test_demo_builds_the_cohort_and_writes_the_audit(tmp_path):
         timeout=600,
     )
     assert "cohort already built" in rerun.stdout  # a rerun skips work already done
+
+
+def test_manifest_command_makes_a_stratified_split_and_writes_json(tmp_path, capsys):
+    rows = ["MRN,Gender,Dx"] + [
+        f"M{i:02d},{'Female' if i % 2 else 'Male'},{'yes' if i % 3 == 0 else 'no'}" for i in range(30)
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    for i in range(30):
+        (tmp_path / f"M{i:02d}.png").write_bytes(b"x")
+    (tmp_path / "m.yaml").write_text(
+        "table: t.csv\ncolumns: {id: MRN, sex: Gender, label: Dx}\n"
+        "values: {sex: {Female: F, Male: M}, label: {yes: 1, no: 0}}\nfiles: {image: '{MRN}.png'}\n"
+        "split: {stratify: [sex, label], seed: 0}\n"
+    )
+    out = tmp_path / "manifest.json"
+    assert main(["manifest", str(tmp_path / "m.yaml"), "--out", str(out), "--groups", "sex", "--include-label"]) == 0
+    printed = capsys.readouterr().out
+    assert "30 records from" in printed and "labels: 0 20, 1 10" in printed and f"wrote {out}" in printed
+    lists = json.loads(out.read_text())
+    assert {k: len(v) for k, v in lists.items()} == {"training": 20, "validation": 5, "test": 5}
+    assert {(i["sex"], i["label"]) for i in lists["training"]} == {("F", 0), ("F", 1), ("M", 0), ("M", 1)}
+
+
+def test_manifest_command_reports_a_bad_mapping_without_traceback(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("MRN,Gender\nM1,Female\n")
+    (tmp_path / "m.yaml").write_text("table: t.csv\ncolumns: {id: MRN, sex: Sex}\n")
+    assert main(["manifest", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "m.yaml, field 'columns.sex': team column 'Sex' is not in the header of t.csv" in err
+    assert "Traceback" not in err and not (tmp_path / "o.csv").exists()

@@ -118,3 +118,48 @@ def test_groups_are_ordered_by_declared_levels_not_text():
     cohort = Cohort([rec(0, age=75), rec(1, age=65), rec(2, age=45)], spec)
     assert list(cohort.counts()) == [("<60",), ("60-70",), (">=70",)]
     assert list(cohort.counts_by("age")) == [("<60",), ("60-70",), (">=70",)]
+
+
+def test_manifest_module_never_imports_the_cohort():
+    """One direction only: cohort builds on io.manifest (no import circle, not even inside functions)."""
+    import ast
+    import inspect
+
+    import fairmonai.cohort
+    import fairmonai.io.manifest
+
+    def imported(module):
+        tree = ast.parse(inspect.getsource(module))
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert not any(n.startswith("fairmonai.cohort") for n in imported(fairmonai.io.manifest))
+    assert "fairmonai.io.manifest" in imported(fairmonai.cohort)
+    assert fairmonai.cohort.Record is fairmonai.io.manifest.Record
+
+
+def test_locations_follow_each_record_to_its_own_file_and_line():
+    real = Cohort(
+        [
+            Record("a", "x", source_path="real.csv", source_row=2),
+            Record("b", "y", source_path="real.csv", source_row=5),
+        ],
+        source="real.csv",
+    )
+    synth = Cohort([Record("b", "z", source_path="synth.csv", source_row=3)], source="synth.csv")
+    assert real.location(1) == {"path": "real.csv", "row": 5}
+    assert Cohort([rec(0), rec(1)], source="mem").location(1) == {"path": "mem", "row": 2}  # in memory: position
+    with pytest.raises(
+        InputError, match=r"synth.csv, row 3, field 'id': duplicate record id 'b' \(also at row 5 of real.csv\)"
+    ):
+        real.merge(synth)
+    spec = GroupSpec(("sex",), categories={"sex": ("F", "M")})
+    odd = Cohort([Record("c", "x", attributes={"sex": "X"}, source_path="s.csv", source_row=9)], spec, source="other")
+    with pytest.raises(InputError, match=r"s.csv, row 9, field 'sex': unknown value 'X'"):
+        odd.keys()
+    assert Record("a", "x", source_row=2) == Record("a", "x", source_row=7)  # where it came from is not what it is

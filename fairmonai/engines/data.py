@@ -8,6 +8,7 @@ integer index of the record's group key, for group-aware losses and samplers), `
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,21 +41,45 @@ def load_cohorts(
     manifest: str | os.PathLike,
     groups: GroupSpec | Mapping[str, Any] | str,
     synthetic_manifest: str | os.PathLike | None = None,
+    *,
+    task: str | None = "classification",
+    require_validation: bool = True,
+    strict_groups: bool = False,
 ) -> dict[str, Cohort]:
     """Real cohort split by its ``split`` column, with synthetic records (if any) added to training.
 
     Synthetic records only ever train: validation and test stay real, as in every one of the papers.
+    ``manifest`` may be a CSV / JSON manifest or a YAML mapping of a team's own table
+    (:mod:`fairmonai.io.mapping`).
+
+    The cohorts pass :func:`fairmonai.checks.check_records` and
+    :func:`fairmonai.checks.check_training_cohorts` first (a training and, unless
+    ``require_validation=False``, a validation split; two or more classes in training for
+    ``task="classification"``; no label or attribute level that only validation / test have);
+    their warnings (groups without a training member, declared groups with no record) are issued
+    as :class:`UserWarning`.
+
+    Raises:
+        InputError: naming the manifest, the line and column, and the values found and expected.
     """
+    from fairmonai.checks import check_records, check_training_cohorts, split_cohorts
+
     spec = group_spec(groups)
     real = Cohort.from_manifest(manifest, spec)
-    splits = {name: real.split(name) for name in SPLITS}
-    if not len(splits["training"]):
-        raise InputError("no record has split 'training'", path=manifest, field="split")
+    notes = check_records(real, task=task)
+    splits = split_cohorts(real)
     if synthetic_manifest:
         synthetic = Cohort.from_manifest(synthetic_manifest, spec)
         for rec in synthetic:
             rec.synthetic = True
+            rec.extra.pop("split", None)  # synthetic records train, whatever their own manifest says
+        notes += check_records(synthetic, task=task)
         splits["training"] = splits["training"].merge(synthetic)
+    notes += check_training_cohorts(
+        splits, task=task, source=str(manifest), require_validation=require_validation, strict_groups=strict_groups
+    )
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     return splits
 
 
@@ -70,7 +95,7 @@ def task_items(cohort: Cohort, indexer: GroupIndexer, task: str = "classificatio
     if spec is None:
         raise ValueError("the cohort needs a GroupSpec")
     items = []
-    for row, (rec, key) in enumerate(zip(cohort, cohort.keys(), strict=True), start=1):
+    for i, (rec, key) in enumerate(zip(cohort, cohort.keys(), strict=True)):
         item = rec.to_dict()
         item[GROUP_KEY] = indexer.index(key)
         item["attributes"] = dict(zip(spec.key_fields, key, strict=True))
@@ -79,7 +104,9 @@ def task_items(cohort: Cohort, indexer: GroupIndexer, task: str = "classificatio
                 item["label"] = int(rec.label)
             except (TypeError, ValueError):
                 raise InputError(
-                    f"label {rec.label!r} is not a class index", path=cohort.source, row=row, field="label"
+                    f"label {rec.label!r} is not a class index (expected integers 0, 1, ...)",
+                    field="label",
+                    **cohort.location(i),  # the record's own file and line, like every other message
                 ) from None
         else:
             item["class_label"] = item.pop("label", None)
