@@ -109,11 +109,13 @@ def _read_checked(
     if spec is not None:
         cohort = cohort.with_spec(spec)
     notes += check_cohort(cohort, task=task, splits_as_warnings=not strict)
-    # ---- image-header check (lead: add here) --------------------------------------------------------
-    # notes += fairmonai.io.inspect.inspect_cohort(cohort)
-    # --------------------------------------------------------------------------------------------------
+    if check_files:
+        from fairmonai.io.inspect import inspect_cohort
+
+        # every image's header (shape, dimensionality, truncation, mask/image agreement), no voxels read
+        notes += inspect_cohort(cohort)
     _warn(command, notes)
-    return cohort
+    return cohort, notes
 
 
 def _task(text: str) -> str | None:
@@ -128,17 +130,25 @@ def _audit(
     title: str | None,
     task: str | None = "classification",
     strict: bool = False,
+    force: bool = False,
 ) -> dict[str, Path]:
     from fairmonai.report.audit import write_audit
 
-    cohort = _read_checked("audit", manifest, spec, dicom_tags, task, strict=strict)
-    return write_audit(cohort, out, title=title or f"Cohort audit: {manifest.name}")
+    cohort, notes = _read_checked("audit", manifest, spec, dicom_tags, task, strict=strict)
+    return write_audit(cohort, out, title=title or f"Cohort audit: {manifest.name}", force=force, notes=notes)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     spec = _group_spec(args)
     paths = _audit(
-        Path(args.manifest), spec, Path(args.out), args.dicom_tags, args.title, _task(args.task), args.strict
+        Path(args.manifest),
+        spec,
+        Path(args.out),
+        args.dicom_tags,
+        args.title,
+        _task(args.task),
+        args.strict,
+        args.force,
     )
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -155,7 +165,7 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve():
         raise SystemExit("--out must not be the input file")
     spec = _group_spec(args) if (args.groups or args.preset) else None
-    cohort = _read_checked("manifest", source, spec, False, _task(args.task), check_files=not args.no_check_files)
+    cohort, _ = _read_checked("manifest", source, spec, False, _task(args.task), check_files=not args.no_check_files)
     if out.suffix.lower() == ".json" and any(r.extra.get("split") is None for r in cohort.records):
         raise SystemExit("records without a split would land in the JSON datalist's 'training' list: write a .csv")
     write_manifest(cohort.records, out)
@@ -197,7 +207,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if manifest.is_file() and not args.force:
         print(f"cohort already built: {manifest} (use --force to rebuild)")
     else:
-        manifest = make_phantom("cardiac", out / "cohort", subjects=args.subjects, seed=args.seed)
+        manifest = make_phantom("cardiac", out / "cohort", subjects=args.subjects, seed=args.seed, force=args.force)
     built = time.perf_counter()
     paths = _audit(manifest, default_groups("cardiac"), out / "audit", False, "Built-in cardiac cohort: audit")
     done = time.perf_counter()
@@ -232,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["cardiac", "fundus", "dicom"], help="the groups of a built-in cohort")
     p.add_argument("--dicom-tags", action="store_true", help="read missing attributes from DICOM tags")
     p.add_argument("--title", help="report title")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (an earlier audit there is replaced whole)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier audit")
     p.add_argument(
         "--task", choices=TASK_CHOICES, default="classification", help="run the checks training for this task runs"
     )

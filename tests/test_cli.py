@@ -86,8 +86,10 @@ def test_manifest_command_makes_a_stratified_split_and_writes_json(tmp_path, cap
         f"M{i:02d},{'Female' if i % 2 else 'Male'},{'yes' if i % 3 == 0 else 'no'}" for i in range(30)
     ]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    for i in range(30):
-        (tmp_path / f"M{i:02d}.png").write_bytes(b"x")
+    from PIL import Image
+
+    for i in range(30):  # real (tiny) images: the command reads every image's header
+        Image.new("L", (4, 4), color=i + 1).save(tmp_path / f"M{i:02d}.png")
     (tmp_path / "m.yaml").write_text(
         "table: t.csv\ncolumns: {id: MRN, sex: Gender, label: Dx}\n"
         "values: {sex: {Female: F, Male: M}, label: {yes: 1, no: 0}}\nfiles: {image: '{MRN}.png'}\n"
@@ -109,3 +111,25 @@ def test_manifest_command_reports_a_bad_mapping_without_traceback(tmp_path, caps
     err = capsys.readouterr().err
     assert "m.yaml, field 'columns.sex': team column 'Sex' is not in the header of t.csv" in err
     assert "Traceback" not in err and not (tmp_path / "o.csv").exists()
+
+
+def test_manifest_and_audit_commands_read_every_image_header(tmp_path, capsys):
+    """A truncated image stops `fairmonai manifest` and `fairmonai audit` before training, naming file and line."""
+    from PIL import Image
+
+    rows = ["id,image,label,sex,split"]
+    for i in range(8):
+        Image.new("L", (16, 16), color=10 + i).save(tmp_path / f"s{i}.png")
+        rows.append(f"s{i},s{i}.png,{i % 2},{'FM'[i % 2]},{'training' if i < 4 else 'validation'}")
+    (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
+    data = (tmp_path / "s5.png").read_bytes()
+    (tmp_path / "s5.png").write_bytes(data[: len(data) // 2])
+    args = ["--groups", "sex", "--include-label"]
+    assert main(["manifest", str(tmp_path / "cohort.csv"), "--out", str(tmp_path / "m.csv"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "cohort.csv, row 7, field 'image'" in err and "s5.png" in err, err
+    assert main(["audit", str(tmp_path / "cohort.csv"), "--out", str(tmp_path / "audit"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "cohort.csv, row 7, field 'image'" in err and "s5.png" in err, err
+    assert not (tmp_path / "audit").exists() and not (tmp_path / "m.csv").exists()
+

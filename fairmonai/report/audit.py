@@ -409,6 +409,7 @@ def write_audit(
     *,
     force: bool = False,
     inspect_images: bool = False,
+    notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Audit ``cohort`` and write ``audit.json``, ``counts.csv``, ``counts.png``, ``marginals.png`` and
     ``audit.html`` into ``out_dir``.
@@ -426,6 +427,8 @@ def write_audit(
         inspect_images: first check every record's image headers
             (:func:`fairmonai.io.inspect.inspect_cohort`); an :class:`~fairmonai.errors.InputError`
             listing every bad file is raised before anything is written; its warnings join the notes.
+        notes: further remarks for the page and ``audit.json`` (e.g. the warnings of
+            :func:`fairmonai.checks.check_cohort`: what would stop training on this cohort).
 
     Returns:
         ``{"json", "csv", "counts_png", "marginals_png", "html"}`` -> path.
@@ -441,7 +444,7 @@ def write_audit(
 
         image_notes = inspect_cohort(cohort)
     audit = audit_cohort(cohort)
-    audit["notes"] += image_notes
+    audit["notes"] += [*notes, *image_notes]
     with atomic_directory(out) as tmp:
         paths = {name: tmp / file for name, file in _AUDIT_FILES.items()}
         with atomic_write(paths["json"], encoding="utf-8") as f:
