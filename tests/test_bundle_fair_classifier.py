@@ -425,36 +425,8 @@ def test_torchrun_two_processes(manifest: Path, tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------- nothing lost on a kill
 
-#: runs ``python -m monai.bundle`` with ``torch.save`` killing the process half-way through the write of the
-#: N-th file whose name contains KILL_AT: half of the bytes are written, then ``os._exit`` (no clean-up runs)
-KILLER = """
-import io, os, runpy, sys
-import torch
-
-target, nth = os.environ["KILL_AT"], int(os.environ.get("KILL_NTH", "1"))
-real_save, seen = torch.save, [0]
-
-def save(obj, f, *args, **kwargs):
-    name = os.path.basename(str(getattr(f, "name", f)))
-    if target in name:
-        seen[0] += 1
-        if seen[0] == nth:
-            buffer = io.BytesIO()
-            real_save(obj, buffer, *args, **kwargs)
-            data = buffer.getvalue()[: len(buffer.getvalue()) // 2]
-            if hasattr(f, "write"):
-                f.write(data)
-                f.flush()
-            else:
-                with open(f, "wb") as out:
-                    out.write(data)
-            os._exit(17)
-    return real_save(obj, f, *args, **kwargs)
-
-torch.save = save
-sys.argv = ["monai.bundle", *sys.argv[1:]]
-runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
-"""
+#: ``python -m monai.bundle`` killed half-way through a write (see the script)
+KILLER = Path(__file__).resolve().parent / "kill_at_write.py"
 
 #: full passes over the training split (a resumed run reproduces the data order only at epoch boundaries)
 FULL = ["--epochs", "2", "--batch_size", "16", "--epoch_length", "None", "--progress", "False"]
@@ -465,10 +437,8 @@ def _train_args(manifest: Path, work: Path) -> list[str]:
 
 
 def _killed_run(manifest: Path, work: Path, kill_at: str, nth: int = 1) -> subprocess.CompletedProcess:
-    script = work / "killer.py"
     work.mkdir(parents=True, exist_ok=True)
-    script.write_text(KILLER)
-    cmd = [sys.executable, str(script), "run", "run", "--config_file", str(CONFIGS / "train.yaml")]
+    cmd = [sys.executable, str(KILLER), "run", "run", "--config_file", str(CONFIGS / "train.yaml")]
     env = {**os.environ, "KILL_AT": kill_at, "KILL_NTH": str(nth)}
     cmd += _train_args(manifest, work)
     return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=240, env=env)

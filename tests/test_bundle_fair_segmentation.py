@@ -469,3 +469,26 @@ def test_torchrun_two_processes(phantom: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_epoch=1.pt"]
     assert sorted(p.name for p in (out / "models").iterdir()) == ["model.json", "model.pt"]
     assert _history(out)[0]["n_images"] == 7  # validation shards gathered from both ranks
+
+
+@pytest.mark.slow
+def test_kill_while_writing_a_checkpoint_then_resume_matches_an_uninterrupted_run(
+    phantom: Path, tmp_path: Path
+) -> None:
+    """Killed half-way through writing the epoch-2 checkpoint, the rerun resumes from epoch 1 and ends with
+    the weights of an uninterrupted run."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(_bundle_cmd("train.yaml", phantom, whole, epochs=2), tmp_path)
+    args = _bundle_cmd("train.yaml", phantom, killed, epochs=2)[2:]  # without "-m monai.bundle"
+    script = Path(__file__).resolve().parent / "kill_at_write.py"
+    env = {**os.environ, "KILL_AT": "checkpoint_epoch=2"}
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    assert [p.name for p in (killed / "checkpoints").glob("checkpoint*.pt")] == ["checkpoint_epoch=1.pt"]
+    log = _run(_bundle_cmd("train.yaml", phantom, killed, epochs=2), tmp_path)
+    assert "resumed from" in log.stdout + log.stderr
+    a = torch.load(killed / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
+    b = torch.load(whole / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert [e["epoch"] for e in _history(killed)] == [1, 2]
+    assert [e["train_loss"] for e in _history(killed)] == [e["train_loss"] for e in _history(whole)]

@@ -176,7 +176,7 @@ def _sha256(path: Path) -> str:
 
 
 class RNGState:
-    """The Python, NumPy and torch (CPU and CUDA) random generators as a state dict, for resumable checkpoints.
+    """The Python, NumPy and torch (CPU, and this process's CUDA device) random generators as a state dict.
 
     A DataLoader's shuffling draws from torch's generator every epoch; restoring it lets a resumed run
     see the data in the order an uninterrupted run would. Stored as tensors and lists only, so that the
@@ -192,7 +192,8 @@ class RNGState:
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            # this process's device only: asking every GPU would create a context on each from every rank
+            state["cuda"] = torch.cuda.get_rng_state()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -202,8 +203,8 @@ class RNGState:
         np_state = (kind, np_keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
         np.random.set_state(np_state)  # noqa: NPY002 (the global generator that set_determinism seeds)
         torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 def resumable(**objects: Any) -> dict[str, Any]:
@@ -412,6 +413,8 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
     match the file describes another file and is ignored).
     """
     path = Path(path)
+    if path.is_dir():  # a checkpoint folder: its newest checkpoint, as WeightsLoader takes it
+        path = latest_checkpoint(path) or path
     info: dict[str, Any] = {"file": str(path)}
     record = _info_file(path)
     if record.is_file() and path.is_file():
