@@ -492,3 +492,46 @@ def test_kill_while_writing_a_checkpoint_then_resume_matches_an_uninterrupted_ru
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert [e["epoch"] for e in _history(killed)] == [1, 2]
     assert [e["train_loss"] for e in _history(killed)] == [e["train_loss"] for e in _history(whole)]
+
+
+def _config(bundle: str, name: str) -> dict:
+    from monai.bundle import ConfigParser
+
+    return ConfigParser.load_config_file(
+        str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / name)
+    )
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"])
+def test_both_bundles_share_one_config_shape(name: str) -> None:
+    """The same keys for the engine parts, paths and run settings in fair_segmentation and fair_classifier."""
+    seg, cls = _config("fair_segmentation", name), _config("fair_classifier", name)
+    shared = {
+        "train.yaml": ["bundle_root", "output_dir", "ckpt_dir", "model_dir", "manifest", "synthetic_manifest", "groups",
+                       "image_size", "cache", "cache_dir", "num_workers", "network_name", "in_channels",
+                       "network_options", "epochs", "epoch_length", "batch_size", "learning_rate", "sampler_name",
+                       "sampler_options", "loss_name", "loss_options", "key_metric", "key_metric_mode", "val_interval",
+                       "seed", "device", "amp", "amp_dtype", "compile", "resume", "progress", "rank", "torch_device",
+                       "use_amp", "network_def", "network", "eval_network", "val_sampler", "loss", "optimizer",
+                       "train", "validate", "initialize", "run", "finalize"],
+        "evaluate.yaml": ["bundle_root", "output_dir", "model_dir", "ckpt_path", "manifest", "groups", "eval_split",
+                          "batch_size", "es_variant", "device", "amp", "metrics_file", "groups_file", "samples_file",
+                          "torch_device", "network", "evaluate", "run"],
+        "inference.yaml": ["bundle_root", "output_dir", "model_dir", "ckpt_path", "predictions_file", "manifest",
+                           "infer_split", "batch_size", "device", "amp", "torch_device", "network", "infer", "run"],
+        "multi_gpu_train.yaml": ["device", "rank", "network", "val_sampler", "eval_network", "initialize", "finalize"],
+    }[name]  # fmt: skip
+    for key in shared:
+        assert key in seg and key in cls, key
+    sections = {"train.yaml": ("train", "validate"), "evaluate.yaml": ("evaluate",), "inference.yaml": ("infer",)}
+    for section in sections.get(name, ()):
+        assert {"dataset", "dataloader", "handlers"} <= set(seg[section]) & set(cls[section]), section
+    if name == "train.yaml":
+        for section, part in (("train", "trainer"), ("validate", "evaluator"), ("validate", "best_saver")):
+            assert part in seg[section] and part in cls[section]
+        for config in (seg, cls):  # the same resume pattern: resume first, atomic savers, resuming TensorBoard
+            targets = [h.get("_target_") for h in config["train"]["handlers"] if isinstance(h, dict)]
+            assert targets[0] == "fairmonai.engines.ResumeFromCheckpoint"
+            assert "fairmonai.engines.ResumableCheckpointSaver" in targets
+            assert "TensorBoardStatsHandler" not in targets  # MONAI's would log resumed steps twice
+            assert config["validate"]["best_saver"]["_target_"] == "fairmonai.engines.CheckpointSaver"
