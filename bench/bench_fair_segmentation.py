@@ -53,7 +53,8 @@ def bundle_parser(manifest: Path, workdir: Path, settings: dict[str, Any]) -> Co
             "bundle_root": str(BUNDLE),
             "manifest": str(manifest),
             "output_dir": str(workdir / "out"),
-            "ckpt_dir": str(workdir / "out" / "models"),
+            "ckpt_dir": str(workdir / "out" / "checkpoints"),
+            "model_dir": str(workdir / "out" / "models"),
             "val_interval": 10**9,  # time training only
             "progress": False,
             "resume": False,
@@ -67,7 +68,7 @@ def bundle_parser(manifest: Path, workdir: Path, settings: dict[str, Any]) -> Co
 
 def time_bundle(parser: ConfigParser, warmup: int, iterations: int, device: torch.device) -> float:
     """Samples/s of the bundle's SupervisedTrainer over ``iterations`` iterations after ``warmup``."""
-    trainer = parser.get_parsed_content("trainer")
+    trainer = parser.get_parsed_content("train#trainer")
     stamps: dict[int, float] = {}
     samples = {"n": 0}
 
@@ -158,7 +159,7 @@ def main() -> None:
         work = Path(tmp)
         manifest = make_phantom("fundus", work / "fundus", subjects=args.subjects, seed=args.seed)
         first = bundle_parser(manifest, work, settings)
-        dataset = first.get_parsed_content("train_dataset")  # cached once; the bare loop reads the same one
+        dataset = first.get_parsed_content("train#dataset")  # cached once; the bare loop reads the same one
         for r in range(args.repeats):
             bare_sps.append(time_bare(dataset, settings, args.warmup, args.iterations, device, amp, args.compile))
             cfg = first if r == 0 else bundle_parser(manifest, work, settings)

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from ignite.engine import Engine
 from fairmonai import metrics as fm
 from fairmonai.bundle_check import verify_bundle
 from fairmonai.engines import classification as cls
+from fairmonai.engines.handlers import engine_loss
+from fairmonai.engines.results import ResultsWriter
 from fairmonai.phantoms import make_phantom
 from fairmonai.registry import PluginError
 
@@ -216,14 +219,11 @@ def test_fairness_handler_collated_and_decollated(tmp_path: Path) -> None:
     # "label" is not a sensitive attribute; NaN (undefined AUC) compares equal through JSON
     assert json.dumps(handler.table["attributes"]) == json.dumps(expected["attributes"])
     assert engine.state.metrics["balanced_accuracy"] == expected["overall"]["balanced_accuracy"]
-    writer = cls.ClassificationResultsWriter(
-        handler, tmp_path / "m.json", tmp_path / "g.csv", tmp_path / "p.csv", info={"split": "test"}
-    )
+    writer = ResultsWriter(handler, tmp_path / "m.json", tmp_path / "g.csv", tmp_path / "p.csv", info={"split": "test"})
     writer(engine)
     saved = json.loads((tmp_path / "m.json").read_text())
-    assert saved["split"] == "test" and saved["scalars"]["balanced_accuracy"] == pytest.approx(
-        expected["overall"]["balanced_accuracy"]
-    )
+    assert saved["info"] == {"split": "test", "epoch": 0}
+    assert saved["metrics"]["balanced_accuracy"] == pytest.approx(expected["overall"]["balanced_accuracy"])
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert [r["id"] for r in rows] == list("abcde") and rows[0]["predicted"] == "1"
     assert float(rows[0]["probability"]) == pytest.approx(probs[0, 1])
@@ -304,7 +304,7 @@ def test_same_seed_same_run(manifest: Path, tmp_path: Path) -> None:
 def test_fairness_plugins_train(manifest: Path, tmp_path: Path, sampler: str, loss: str) -> None:
     """The same bundle trains with other samplers and losses chosen by name (in-process: 2 iterations)."""
     parser, trainer = _train_in_process(manifest, tmp_path, sampler_name=sampler, loss_name=loss)
-    assert trainer.state.iteration == 2 and math.isfinite(cls.engine_loss(trainer.state.output))
+    assert trainer.state.iteration == 2 and math.isfinite(engine_loss(trainer.state.output))
     assert type(parser.get_parsed_content("loss")).__name__ == {"group_dro": "GroupDRO"}.get(
         loss, "InversePerformanceWeighting"
     )
@@ -334,7 +334,11 @@ def test_train_from_another_directory(trained: dict) -> None:
     metrics = json.loads((out / "validation_metrics.json").read_text())
     assert 0 <= metrics["overall"]["balanced_accuracy"] <= 1 and set(metrics["attributes"]) >= {"sex", "age", "bmi"}
     assert "balanced_accuracy:" in log and "rank 0: finished at epoch 1, iteration 2" in log
-    assert list(out.glob("events.out.tfevents*"))  # TensorBoard
+    for engine in ("train", "validation"):  # TensorBoard, one folder per engine (each purges on its own steps)
+        assert list((out / "tensorboard" / engine).glob("events.out.tfevents*")), engine
+    record = json.loads((trained["models"] / "model.json").read_text())
+    assert record["epoch"] == 1 and record["key_metric"] == "balanced_accuracy" and record["mode"] == "max"
+    assert record["value"] == pytest.approx(metrics["metrics"]["balanced_accuracy"])
 
 
 @pytest.mark.slow
@@ -365,7 +369,10 @@ def test_evaluate_matches_recomputation_from_its_predictions(trained: dict, mani
     saved = json.loads((out / "validation_metrics.json").read_text())
     rows = list(csv.DictReader(open(out / "validation_predictions.csv")))
     n_val = sum(1 for r in csv.DictReader(open(manifest)) if r["split"] == "validation")
-    assert saved["n"] == len(rows) == n_val and saved["split"] == "validation"
+    assert saved["n"] == len(rows) == n_val and saved["info"]["split"] == "validation"
+    # the model's own epoch and validation value, not the evaluator's epoch
+    assert saved["info"]["model"]["epoch"] == 1 and saved["info"]["model"]["key_metric"] == "balanced_accuracy"
+    assert "epoch" not in saved["info"]
     y = np.array([int(r["label"]) for r in rows])
     p1 = np.array([float(r["probability"]) for r in rows])
     pred = np.array([int(r["predicted"]) for r in rows])
@@ -408,8 +415,134 @@ def test_torchrun_two_processes(manifest: Path, tmp_path: Path) -> None:
     for rank in (0, 1):  # both ranks trained their share
         assert f"rank {rank}: finished at epoch 1, iteration 2" in log, log[-3000:]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint_epoch=1.pt"]
-    assert [p.name for p in models.iterdir()] == ["model.pt"]
-    assert len(list(out.glob("events.out.tfevents*"))) == 2  # rank 0 only: one trainer and one evaluator writer
+    assert sorted(p.name for p in models.iterdir()) == ["model.json", "model.pt"]
+    events = sorted(p.parent.name for p in (out / "tensorboard").glob("*/events.out.tfevents*"))
+    assert events == ["train", "validation"]  # rank 0 only: one trainer and one evaluator writer
     metrics = json.loads((out / "validation_metrics.json").read_text())
     n_val = sum(1 for r in csv.DictReader(open(manifest)) if r["split"] == "validation")
     assert metrics["n"] == n_val  # the sharded validation was gathered from both ranks
+
+
+# --------------------------------------------------------------------------------- nothing lost on a kill
+
+#: ``python -m monai.bundle`` killed half-way through a write (see the script)
+KILLER = Path(__file__).resolve().parent / "kill_at_write.py"
+
+#: full passes over the training split (a resumed run reproduces the data order only at epoch boundaries)
+FULL = ["--epochs", "2", "--batch_size", "16", "--epoch_length", "None", "--progress", "False"]
+
+
+def _train_args(manifest: Path, work: Path) -> list[str]:
+    return ["--manifest", str(manifest), "--output_dir", str(work / "out"), "--model_dir", str(work / "models"), *FULL]
+
+
+def _killed_run(manifest: Path, work: Path, kill_at: str, nth: int = 1) -> subprocess.CompletedProcess:
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(KILLER), "run", "run", "--config_file", str(CONFIGS / "train.yaml")]
+    env = {**os.environ, "KILL_AT": kill_at, "KILL_NTH": str(nth)}
+    cmd += _train_args(manifest, work)
+    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=240, env=env)
+
+
+def _scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("uninterrupted")
+    run_bundle(["train.yaml"], *_train_args(manifest, work), cwd=work)
+    return work
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=True)
+    return state["network"] if "trainer" in state else state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill_at", "nth"), [("checkpoint_epoch=2", 1), ("model.pt", 1)])
+def test_kill_during_a_write_then_resume_matches_an_uninterrupted_run(
+    manifest: Path, tmp_path: Path, uninterrupted: Path, kill_at: str, nth: int
+) -> None:
+    """A kill half-way through writing a checkpoint or model.pt loses nothing: the rerun resumes and ends
+    with the uninterrupted run's weights, best model and TensorBoard steps (each logged once)."""
+    killed = _killed_run(manifest, tmp_path, kill_at, nth)
+    assert killed.returncode == 17, killed.stderr[-3000:]  # killed at the write, as asked
+    survivors = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint*.pt"))
+    if kill_at.startswith("checkpoint"):
+        assert survivors == ["checkpoint_epoch=1.pt"]  # the previous checkpoint is still there, complete
+        torch.load(tmp_path / "out" / "checkpoints" / survivors[0], weights_only=True)
+    assert not (tmp_path / "models" / "model.pt").exists() or kill_at != "model.pt"  # never a truncated model.pt
+    log = run_bundle(["train.yaml"], *_train_args(manifest, tmp_path), cwd=tmp_path)
+    if kill_at.startswith("checkpoint"):
+        assert "resumed from" in log and "at epoch 1" in log
+    final = tmp_path / "out" / "checkpoints" / "checkpoint_epoch=2.pt"
+    expected = uninterrupted / "out" / "checkpoints" / "checkpoint_epoch=2.pt"
+    a, b = _weights(final), _weights(expected)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    a, b = _weights(tmp_path / "models" / "model.pt"), _weights(uninterrupted / "models" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert record == json.loads((uninterrupted / "models" / "model.json").read_text())
+    assert not list((tmp_path / "out" / "checkpoints").glob(".*"))  # the half-written temporary was removed
+    # TensorBoard: the killed run's epoch-2 events are purged, each step appears once with the same value
+    for engine, tag in (("train", "train_loss"), ("validation", "balanced_accuracy")):
+        got = _scalars(tmp_path / "out" / "tensorboard" / engine, tag)
+        want = _scalars(uninterrupted / "out" / "tensorboard" / engine, tag)
+        assert [s for s, _ in got] == [s for s, _ in want], engine
+        assert [v for _, v in got] == pytest.approx([v for _, v in want]), engine
+    history = json.loads((tmp_path / "out" / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2]
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_is_skipped(manifest: Path, tmp_path: Path, uninterrupted: Path) -> None:
+    """A newest checkpoint that cannot be read (here: truncated by a copy) is skipped with a warning."""
+    ckpts = tmp_path / "out" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    one = tmp_path / "first"
+    run_bundle(["train.yaml"], *_train_args(manifest, one), "--epochs", "1", cwd=tmp_path)
+    (ckpts / "checkpoint_epoch=1.pt").write_bytes((one / "out" / "checkpoints" / "checkpoint_epoch=1.pt").read_bytes())
+    (ckpts / "checkpoint_epoch=2.pt").write_bytes(b"PK\x03\x04 not a whole zip archive")
+    log = run_bundle(["train.yaml"], *_train_args(manifest, tmp_path), cwd=tmp_path)
+    assert "skipping unreadable checkpoint" in log and "checkpoint_epoch=2.pt" in log
+    assert "at epoch 1, iteration" in log and "finished at epoch 2" in log
+    a = _weights(ckpts / "checkpoint_epoch=2.pt")
+    b = _weights(uninterrupted / "out" / "checkpoints" / "checkpoint_epoch=2.pt")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_evaluate_takes_a_resumable_checkpoint(uninterrupted: Path, manifest: Path) -> None:
+    out = uninterrupted / "eval_ckpt"
+    ckpt = uninterrupted / "out" / "checkpoints" / "checkpoint_epoch=2.pt"
+    args = ["--manifest", str(manifest), "--ckpt_path", str(ckpt), "--output_dir", str(out), "--eval_split", "test"]
+    run_bundle(["evaluate.yaml"], *args, cwd=uninterrupted)
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["info"]["model"]["epoch"] == 2 and saved["info"]["model"]["kind"] == "resumable checkpoint"
+    assert 0 <= saved["overall"]["balanced_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_bad_input_error_is_the_last_line(manifest: Path, tmp_path: Path) -> None:
+    """A run stopped by a bad manifest cell ends with fairmonai's located message, not MONAI's wrapper."""
+    rows = list(csv.DictReader(open(manifest)))
+    rows[2]["age"] = "old"
+    bad = manifest.parent / "bad_age.csv"
+    with open(bad, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", str(CONFIGS / "train.yaml")]
+    cmd += ["--manifest", str(bad), "--output_dir", str(tmp_path / "out"), *TINY]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fairmonai: error: ") and str(bad) in last, proc.stderr[-3000:]
+    assert re.search(r"row \d+, field 'age': .*'old'", last), last
+    assert "Failed to evaluate ConfigExpression" in proc.stderr  # the full traceback is still there

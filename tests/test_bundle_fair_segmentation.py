@@ -290,7 +290,8 @@ def _bundle_cmd(config: str | list[str], manifest: Path, out: Path, **overrides:
     files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
     config_arg = files[0] if len(files) == 1 else repr(files)
     args = ["-m", "monai.bundle", "run", "--config_file", config_arg, "--manifest", str(manifest)]
-    settings = {"image_size": IMAGE_SIZE, "output_dir": out, "ckpt_dir": out / "models", "progress": False}
+    settings = {"image_size": IMAGE_SIZE, "output_dir": out, "progress": False}
+    settings.update(ckpt_dir=out / "checkpoints", model_dir=out / "models")
     settings.update(overrides)
     for key, value in settings.items():
         args += [f"--{key}", str(value)]
@@ -316,7 +317,7 @@ def trained(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNa
     _run(_bundle_cmd("train.yaml", phantom, out, epochs=3), cwd)
     first = SimpleNamespace(
         history=_history(out),
-        checkpoints=sorted(p.name for p in (out / "models").glob("checkpoint*.pt")),
+        checkpoints=sorted(p.name for p in (out / "checkpoints").glob("checkpoint*.pt")),
         model=(out / "models" / "model.pt").is_file(),
     )
     _run(_bundle_cmd("train.yaml", phantom, out, epochs=4), cwd)
@@ -333,7 +334,13 @@ def test_train_writes_checkpoint_model_and_fair_validation_metrics(trained: Simp
         assert key in last and math.isfinite(last[key]), key
     assert last["n_images"] == 7  # 5 White + 1 Asian + 1 Black validation eyes
     assert {"dice_cup_race_Asian", "dice_cup_race_Black", "dice_cup_race_White"} <= set(last)
-    assert list((trained.out / "tensorboard").glob("events.out.tfevents.*"))
+    for engine in ("train", "validation"):
+        assert list((trained.out / "tensorboard" / engine).glob("events.out.tfevents.*")), engine
+    # model.json (after the resumed 4th epoch) names the epoch and value that chose model.pt
+    record = json.loads((trained.out / "models" / "model.json").read_text())
+    best = max(_history(trained.out), key=lambda e: e["mean_dice"])  # the first best: a tie does not replace it
+    assert record["key_metric"] == "mean_dice" and record["mode"] == "max"
+    assert record["epoch"] == best["epoch"] and record["value"] == pytest.approx(best["mean_dice"])
     state = torch.load(trained.out / "models" / "model.pt", weights_only=True)
     net = build_segmenter("unet")
     net.load_state_dict(state)  # the best model holds the network only
@@ -352,8 +359,8 @@ def test_resume_continues_from_the_last_checkpoint(trained: SimpleNamespace) -> 
     assert history[:3] == trained.first.history  # epochs 1-3 were not trained again
     per_epoch = history[0]["iterations"]
     assert history[3]["iterations"] == per_epoch  # exactly one more epoch
-    assert sorted(p.name for p in (trained.out / "models").glob("checkpoint*.pt")) == ["checkpoint_epoch=4.pt"]
-    state = torch.load(trained.out / "models" / "checkpoint_epoch=4.pt", weights_only=True)
+    assert sorted(p.name for p in (trained.out / "checkpoints").glob("checkpoint*.pt")) == ["checkpoint_epoch=4.pt"]
+    state = torch.load(trained.out / "checkpoints" / "checkpoint_epoch=4.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 4 * per_epoch
     assert state["best_model"]["_saved"]  # the best score survives the restart
 
@@ -369,15 +376,17 @@ def test_evaluate_writes_metrics_and_group_csv(trained: SimpleNamespace, phantom
         manifest=str(phantom),
         image_size=IMAGE_SIZE,
         output_dir=str(out),
-        ckpt_dir=str(trained.out / "models"),
+        ckpt_path=str(trained.out / "models" / "model.pt"),
         eval_split="test",
     )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["n"] == 7 and metrics["info"]["split"] == "test"
+    record = json.loads((trained.out / "models" / "model.json").read_text())
+    assert metrics["info"]["model"]["epoch"] == record["epoch"]  # the model's epoch, not the evaluator's
     assert set(metrics["attributes"]["race"]["groups"]) == set(RACES)
     assert metrics["metrics"]["es_dice_cup_race"] == metrics["attributes"]["race"]["es_dice"]["stdev"]["cup"]
-    _check_es_from_csv(out / "metrics_by_group.csv", metrics)
-    with open(out / "metrics_by_image.csv", newline="") as f:
+    _check_es_from_csv(out / "test_per_group.csv", metrics)
+    with open(out / "test_per_image.csv", newline="") as f:
         per_image = list(csv.DictReader(f))
     assert len(per_image) == 7
     assert np.mean([float(r["dice_cup"]) for r in per_image]) == pytest.approx(metrics["overall"]["dice"]["cup"])
@@ -396,7 +405,7 @@ def test_inference_writes_one_mask_per_record(trained: SimpleNamespace, phantom:
         manifest=str(phantom),
         image_size=IMAGE_SIZE,
         output_dir=str(out),
-        ckpt_dir=str(trained.out / "models"),
+        ckpt_path=str(trained.out / "checkpoints"),  # a checkpoint folder: its newest resumable checkpoint
         infer_split="test",
     )
     records = read_manifest(phantom, split="test")
@@ -422,13 +431,14 @@ def test_fair_sampler_and_group_dro_run(phantom: Path, tmp_path: Path, monkeypat
         image_size=IMAGE_SIZE,
         epochs=1,
         output_dir=str(out),
-        ckpt_dir=str(out / "models"),
+        ckpt_dir=str(out / "checkpoints"),
+        model_dir=str(out / "models"),
         progress=False,
         sampler_name="cbrs",
         loss_name="group_dro",
         loss_options={"to_onehot_y": True, "softmax": True, "eta": 0.1},
     )
-    state = torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    state = torch.load(out / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)
     q = state["loss"]["q"]
     assert q.sum().item() == pytest.approx(1.0) and not torch.allclose(q, torch.full_like(q, 1 / q.numel()))
     assert (out / "models" / "model.pt").is_file()
@@ -442,8 +452,8 @@ def test_torchrun_two_processes(phantom: Path, tmp_path: Path) -> None:
         "finalize:\n"
         '  - "$import json"\n'
         "  - \"$open(os.path.join(@output_dir, 'rank%d.json' % torch.distributed.get_rank()), 'w').write("
-        "json.dumps({'iterations': @trainer.state.iteration, 'samples': len(@train_loader.sampler), "
-        "'sampler': type(@train_loader.sampler).__name__, 'network': type(@network).__name__}))\"\n"
+        "json.dumps({'iterations': @train#trainer.state.iteration, 'samples': len(@train#dataloader.sampler), "
+        "'sampler': type(@train#dataloader.sampler).__name__, 'network': type(@network).__name__}))\"\n"
         '  - "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()"\n'
     )
     args = _bundle_cmd(["train.yaml", "multi_gpu_train.yaml", str(report)], phantom, out, epochs=1)
@@ -456,5 +466,72 @@ def test_torchrun_two_processes(phantom: Path, tmp_path: Path) -> None:
         assert rank["iterations"] > 0 and rank["network"] == "DistributedDataParallel"
         assert rank["sampler"] == "DistributedSampler" and rank["samples"] == math.ceil(n_train / 2)
     assert ranks[0]["iterations"] == ranks[1]["iterations"]
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_epoch=1.pt"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.json", "model.pt"]
     assert _history(out)[0]["n_images"] == 7  # validation shards gathered from both ranks
+
+
+@pytest.mark.slow
+def test_kill_while_writing_a_checkpoint_then_resume_matches_an_uninterrupted_run(
+    phantom: Path, tmp_path: Path
+) -> None:
+    """Killed half-way through writing the epoch-2 checkpoint, the rerun resumes from epoch 1 and ends with
+    the weights of an uninterrupted run."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(_bundle_cmd("train.yaml", phantom, whole, epochs=2), tmp_path)
+    args = _bundle_cmd("train.yaml", phantom, killed, epochs=2)[2:]  # without "-m monai.bundle"
+    script = Path(__file__).resolve().parent / "kill_at_write.py"
+    env = {**os.environ, "KILL_AT": "checkpoint_epoch=2"}
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    assert [p.name for p in (killed / "checkpoints").glob("checkpoint*.pt")] == ["checkpoint_epoch=1.pt"]
+    log = _run(_bundle_cmd("train.yaml", phantom, killed, epochs=2), tmp_path)
+    assert "resumed from" in log.stdout + log.stderr
+    a = torch.load(killed / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
+    b = torch.load(whole / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert [e["epoch"] for e in _history(killed)] == [1, 2]
+    assert [e["train_loss"] for e in _history(killed)] == [e["train_loss"] for e in _history(whole)]
+
+
+def _config(bundle: str, name: str) -> dict:
+    from monai.bundle import ConfigParser
+
+    return ConfigParser.load_config_file(
+        str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / name)
+    )
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml"])
+def test_both_bundles_share_one_config_shape(name: str) -> None:
+    """The same keys for the engine parts, paths and run settings in fair_segmentation and fair_classifier."""
+    seg, cls = _config("fair_segmentation", name), _config("fair_classifier", name)
+    shared = {
+        "train.yaml": ["bundle_root", "output_dir", "ckpt_dir", "model_dir", "manifest", "synthetic_manifest", "groups",
+                       "image_size", "cache", "cache_dir", "num_workers", "network_name", "in_channels",
+                       "network_options", "epochs", "epoch_length", "batch_size", "learning_rate", "sampler_name",
+                       "sampler_options", "loss_name", "loss_options", "key_metric", "key_metric_mode", "val_interval",
+                       "seed", "device", "amp", "amp_dtype", "compile", "resume", "progress", "rank", "torch_device",
+                       "use_amp", "network_def", "network", "eval_network", "val_sampler", "loss", "optimizer",
+                       "train", "validate", "initialize", "run", "finalize"],
+        "evaluate.yaml": ["bundle_root", "output_dir", "model_dir", "ckpt_path", "manifest", "groups", "eval_split",
+                          "batch_size", "es_variant", "device", "amp", "metrics_file", "groups_file", "samples_file",
+                          "torch_device", "network", "evaluate", "run"],
+        "inference.yaml": ["bundle_root", "output_dir", "model_dir", "ckpt_path", "predictions_file", "manifest",
+                           "infer_split", "batch_size", "device", "amp", "torch_device", "network", "infer", "run"],
+        "multi_gpu_train.yaml": ["device", "rank", "network", "val_sampler", "eval_network", "initialize", "finalize"],
+    }[name]  # fmt: skip
+    for key in shared:
+        assert key in seg and key in cls, key
+    sections = {"train.yaml": ("train", "validate"), "evaluate.yaml": ("evaluate",), "inference.yaml": ("infer",)}
+    for section in sections.get(name, ()):
+        assert {"dataset", "dataloader", "handlers"} <= set(seg[section]) & set(cls[section]), section
+    if name == "train.yaml":
+        for section, part in (("train", "trainer"), ("validate", "evaluator"), ("validate", "best_saver")):
+            assert part in seg[section] and part in cls[section]
+        for config in (seg, cls):  # the same resume pattern: resume first, atomic savers, resuming TensorBoard
+            targets = [h.get("_target_") for h in config["train"]["handlers"] if isinstance(h, dict)]
+            assert targets[0] == "fairmonai.engines.ResumeFromCheckpoint"
+            assert "fairmonai.engines.ResumableCheckpointSaver" in targets
+            assert "TensorBoardStatsHandler" not in targets  # MONAI's would log resumed steps twice
+            assert config["validate"]["best_saver"]["_target_"] == "fairmonai.engines.CheckpointSaver"

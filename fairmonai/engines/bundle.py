@@ -1,4 +1,5 @@
-"""Helpers every bundle config uses: where the bundle is, and flags given on the command line."""
+"""Helpers every bundle config uses: where the bundle is, flags given on the command line, and the
+error a user reads last when a run stops on bad input (:func:`install_error_hook`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_root", "as_bool"]
+__all__ = ["bundle_root", "as_bool", "install_error_hook", "located_error_line"]
 
 
 def bundle_root(default: str | os.PathLike | None = None) -> str:
@@ -51,3 +52,34 @@ def as_bool(value: Any) -> bool:
             return False
         raise ValueError(f"{value!r} is not a boolean (use true or false)")
     return bool(value)
+
+
+def located_error_line(exc: BaseException) -> str | None:
+    """``fairmonai: error: <message>`` for the located :class:`~fairmonai.errors.InputError` under ``exc``
+    (MONAI wraps it in ``Failed to evaluate ConfigExpression`` and ``applying transform`` errors), else None."""
+    from fairmonai.errors import InputError, located_cause
+
+    cause = located_cause(exc)
+    return f"fairmonai: error: {cause}" if isinstance(cause, InputError) else None
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    _excepthook.previous(exc_type, exc, tb)  # type: ignore[attr-defined]
+    line = located_error_line(exc)
+    if line is not None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def install_error_hook() -> None:
+    """Print, after the usual traceback of an uncaught exception, the project's own located message last.
+
+    ``python -m monai.bundle run`` is MONAI's entry point, so fairmonai cannot catch the error itself;
+    this ``sys.excepthook`` (installed when :mod:`fairmonai.engines` is imported, i.e. by every bundle
+    config) keeps the full traceback and adds ``fairmonai: error: <file>, row N, field 'x': ...`` as the
+    last line. Installing it again does nothing.
+    """
+    if sys.excepthook is _excepthook:
+        return
+    _excepthook.previous = sys.excepthook  # type: ignore[attr-defined]
+    sys.excepthook = _excepthook

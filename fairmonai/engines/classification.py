@@ -11,10 +11,12 @@ The ``fair_classifier`` bundle wires these into MONAI's ``SupervisedTrainer`` / 
   and their intersection. Its scalars go to ``engine.state.metrics`` (for ``CheckpointSaver``,
   ``StatsHandler``, ``TensorBoardStatsHandler``, ``ReduceLROnPlateau``), the full table to
   ``engine.state.fairness_table``. Under ``torch.distributed`` the samples of all ranks are gathered first.
-* :class:`ClassificationResultsWriter` writes the metrics JSON, the per-group CSV and the predictions CSV.
-* Bundle helpers: :func:`cohort_manifest` (the built-in cardiac cohort when no manifest is given),
-  :func:`resumable` (resume; see also :mod:`fairmonai.engines.checkpoint`), :class:`ProgressBar`,
-  :func:`init_distributed`. ``bundle_root`` and ``as_bool`` live in :mod:`fairmonai.engines.bundle`.
+* :func:`group_rows` / :func:`prediction_rows` are the rows of its per-group and predictions CSVs, which
+  :class:`fairmonai.engines.results.ResultsWriter` writes with the metrics JSON.
+* :func:`cohort_manifest`: the built-in cardiac cohort when no manifest is given. The parts every bundle
+  shares live in their own modules: :mod:`~fairmonai.engines.checkpoint` (atomic checkpoints, resume),
+  :mod:`~fairmonai.engines.handlers` (progress bar, TensorBoard, history), :mod:`~fairmonai.engines.distributed`,
+  :mod:`~fairmonai.engines.results` and :mod:`~fairmonai.engines.bundle`.
 
 Scalar names in ``engine.state.metrics`` (``<a>`` is a sensitive attribute, e.g. ``sex``, ``age``, ``bmi``,
 or ``intersection`` for their combination):
@@ -36,7 +38,6 @@ or ``intersection`` for their combination):
 
 from __future__ import annotations
 
-import csv
 import difflib
 import itertools
 import json
@@ -55,8 +56,8 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from fairmonai.cohort import Cohort, GroupSpec
-from fairmonai.engines.checkpoint import KeyMetricState
-from fairmonai.io.atomic import atomic_write
+from fairmonai.engines import results
+from fairmonai.engines.distributed import rank, world_size
 from fairmonai.metrics import (
     GroupMetricFrame,
     UndefinedMetricWarning,
@@ -86,19 +87,13 @@ __all__ = [
     "inference_items",
     "select_split",
     "ClassificationFairnessHandler",
-    "ClassificationResultsWriter",
+    "GROUP_COLUMNS",
+    "group_rows",
+    "prediction_rows",
     "write_metrics_json",
     "write_group_csv",
     "write_predictions_csv",
     "cohort_manifest",
-    "engine_loss",
-    "to_device",
-    "resumable",
-    "ResumableCheckpointSaver",
-    "ProgressBar",
-    "init_distributed",
-    "distributed_device",
-    "rank",
 ]
 
 logger = logging.getLogger(__name__)
@@ -206,18 +201,6 @@ def _f(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, float | np.floating):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
-    return value
 
 
 def _order(observed: Sequence[str], declared: Sequence[str] | None) -> list[str]:
@@ -426,10 +409,7 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits, dim=1).cpu().double().numpy()
 
 
-def _world() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
+_world = world_size
 
 
 class ClassificationFairnessHandler:
@@ -575,6 +555,19 @@ class ClassificationFairnessHandler:
         self.scalars = table_scalars(self.table, self.metric_prefix)
         return self.scalars
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The scalars of the last :meth:`compute` (what went to ``engine.state.metrics``)."""
+        return dict(self.scalars)
+
+    def group_rows(self) -> list[dict[str, Any]]:
+        """Rows of the per-group CSV (empty without labels)."""
+        return group_rows(self.table) if self.table is not None else []
+
+    def sample_rows(self) -> list[dict[str, Any]]:
+        """Rows of the predictions CSV."""
+        return prediction_rows(self.predictions) if self.predictions is not None else []
+
     def complete(self, engine: Engine) -> None:
         scalars = self.compute()
         engine.state.metrics.update(scalars)
@@ -584,112 +577,56 @@ class ClassificationFairnessHandler:
 
 
 # =============================================================================================== writers
-def write_metrics_json(
-    table: Mapping[str, Any], path: str | os.PathLike, info: Mapping[str, Any] | None = None
-) -> Path:
-    """Write the table (and run information such as split, checkpoint and seed) as JSON, atomically."""
-    content = {**dict(info or {}), **dict(table)}
-    content["scalars"] = table_scalars(table)
-    with atomic_write(path) as f:
-        json.dump(_json(content), f, indent=2)
-        f.write("\n")
-    return Path(path)
+#: leading columns of the per-group CSV; further values of the rows follow (see fairmonai.engines.results)
+GROUP_COLUMNS = ("attribute", "group", "count", "positives", "balanced_accuracy", "auc", "accuracy")
 
 
-_GROUP_COLUMNS = (
-    "attribute",
-    "group",
-    "count",
-    "positives",
-    "balanced_accuracy",
-    "auc",
-    "accuracy",
-    "tpr",
-    "tnr",
-    "selection_rate",
-)
-
-
-def write_group_csv(table: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """One row per group of every attribute (first an ``overall`` row), atomically; NaN is an empty cell."""
+def group_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per group of every attribute of a :func:`classification_table`, first an ``overall, all`` row."""
     rows = [{"attribute": "overall", "group": "all", **table["overall"]}]
     for a, summary in table["attributes"].items():
         rows.extend({"attribute": a, **{k: v for k, v in r.items() if k != "levels"}} for r in summary["groups"])
-    with atomic_write(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_GROUP_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if (v := _json(row.get(k))) is None else v) for k in _GROUP_COLUMNS})
-    return Path(path)
+    return rows
 
 
-def write_predictions_csv(predictions: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Predictions CSV: ``id``, ``label`` (if known), ``probability`` (of class 1; binary) or ``probability_<c>``,
-    ``predicted`` (argmax class), then the sample's group levels; atomically."""
+def prediction_rows(predictions: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Predictions: ``id``, ``label`` (if known), ``probability`` (of class 1; binary) or ``probability_<c>``,
+    ``predicted`` (argmax class), then the sample's group levels."""
     probs = np.asarray(predictions["probs"], dtype=np.float64)
     n_classes = probs.shape[1] if probs.ndim == 2 else 2
     labels = predictions.get("labels")
     columns = dict(predictions.get("columns") or {})
-    prob_names = ["probability"] if n_classes == 2 else [f"probability_{c}" for c in range(n_classes)]
-    header = ["id"] + (["label"] if labels is not None else []) + prob_names + ["predicted"] + list(columns)
-    with atomic_write(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for i, sample_id in enumerate(predictions["ids"]):
-            p = probs[i]
-            values = [repr(float(p[1]))] if n_classes == 2 else [repr(float(v)) for v in p]
-            row = [sample_id] + ([int(labels[i])] if labels is not None else []) + values + [int(np.argmax(p))]
-            row += [columns[a][i] for a in columns]
-            writer.writerow(row)
-    return Path(path)
+    rows = []
+    for i, sample_id in enumerate(predictions["ids"]):
+        p = probs[i]
+        row: dict[str, Any] = {"id": sample_id}
+        if labels is not None:
+            row["label"] = int(labels[i])
+        if n_classes == 2:
+            row["probability"] = float(p[1])
+        else:
+            row.update({f"probability_{c}": float(v) for c, v in enumerate(p)})
+        row["predicted"] = int(np.argmax(p))
+        row.update({a: columns[a][i] for a in columns})
+        rows.append(row)
+    return rows
 
 
-class ClassificationResultsWriter:
-    """Writes a :class:`ClassificationFairnessHandler`'s results when the evaluator completes.
+def write_metrics_json(
+    table: Mapping[str, Any], path: str | os.PathLike, info: Mapping[str, Any] | None = None
+) -> Path:
+    """The table as the bundles' metrics JSON (:func:`fairmonai.engines.results.write_metrics_json`)."""
+    return results.write_metrics_json(table, path, info, table_scalars(table))
 
-    Attach it after the fairness handler, on rank 0 only under ``torch.distributed`` (the fairness
-    handler gathers every rank's samples, so rank 0 has them all).
 
-    Args:
-        handler: the fairness handler of the same evaluator.
-        metrics_file: JSON of :func:`classification_table` (skipped when None or without labels).
-        groups_file: per-group CSV (:func:`write_group_csv`).
-        predictions_file: predictions CSV (:func:`write_predictions_csv`).
-        info: run information written into the JSON (split, checkpoint, seed, ...).
-        event: when to write (default ``COMPLETED``).
-    """
+def write_group_csv(table: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """One row per group of every attribute (first an ``overall`` row), atomically; NaN is an empty cell."""
+    return results.write_rows_csv(group_rows(table), path, GROUP_COLUMNS)
 
-    def __init__(
-        self,
-        handler: ClassificationFairnessHandler,
-        metrics_file: str | os.PathLike | None = None,
-        groups_file: str | os.PathLike | None = None,
-        predictions_file: str | os.PathLike | None = None,
-        info: Mapping[str, Any] | None = None,
-        event: Events = Events.COMPLETED,
-    ) -> None:
-        self.handler = handler
-        self.metrics_file = metrics_file
-        self.groups_file = groups_file
-        self.predictions_file = predictions_file
-        self.info = dict(info or {})
-        self.event = event
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(self.event, self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        table, preds = self.handler.table, self.handler.predictions
-        info = dict(self.info)
-        if engine is not None:
-            info.setdefault("epoch", int(engine.state.epoch))
-        if table is not None and self.metrics_file:
-            logger.info("metrics written to %s", write_metrics_json(table, self.metrics_file, info))
-        if table is not None and self.groups_file:
-            logger.info("per-group table written to %s", write_group_csv(table, self.groups_file))
-        if preds is not None and self.predictions_file:
-            path = write_predictions_csv(preds, self.predictions_file)
-            logger.info("%d predictions written to %s", len(preds["ids"]), path)
+def write_predictions_csv(predictions: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Predictions CSV (:func:`prediction_rows`), atomically."""
+    return results.write_rows_csv(prediction_rows(predictions), path)
 
 
 # ================================================================================================= data
@@ -783,115 +720,3 @@ def cohort_manifest(
     if found is None:
         raise RuntimeError(f"the built-in {kind} cohort was not written to {folder}")
     return str(found)
-
-
-# ======================================================================================= bundle helpers
-def to_device(obj: Any, device: str | torch.device) -> Any:
-    """``obj.to(device)`` for modules (losses with buffers such as group DRO's ``q``); other objects unchanged."""
-    return obj.to(device) if isinstance(obj, nn.Module) else obj
-
-
-def engine_loss(output: Any) -> float | None:
-    """The training loss of a trainer iteration as a float (collated or decollated MONAI output)."""
-    loss = _field(output, "loss")
-    if isinstance(loss, list):
-        loss = loss[0]
-    if loss is None:
-        return None
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-
-
-def resumable(**objects: Any) -> dict[str, Any]:
-    """The objects of a resumable checkpoint: those with a state dict (a plain loss function has none).
-
-    A MONAI ``CheckpointSaver`` is stored through :class:`KeyMetricState`; None entries (handlers
-    disabled on ranks other than 0) are left out.
-    """
-    from monai.handlers import CheckpointSaver
-
-    out = {}
-    for name, obj in objects.items():
-        if obj is None:
-            continue
-        if isinstance(obj, CheckpointSaver):
-            obj = KeyMetricState(obj)
-        if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
-            out[name] = obj
-    return out
-
-
-class ResumableCheckpointSaver:
-    """MONAI ``CheckpointSaver`` of the resumable checkpoint that also saves the engine it is attached to.
-
-    A config cannot put ``@trainer`` in the ``save_dict`` of a handler that the trainer itself is built
-    with (a circular reference); this saver adds the engine under ``engine_key`` when it is attached,
-    so the checkpoint holds the trainer's epoch and iteration. Arguments are those of
-    ``monai.handlers.CheckpointSaver``; it saves every ``save_interval`` epochs and keeps ``n_saved``.
-    """
-
-    def __init__(self, save_dir: str, save_dict: dict, engine_key: str = "trainer", **kwargs: Any) -> None:
-        self.save_dict = dict(save_dict)
-        self.engine_key = engine_key
-        self._kwargs = {"save_interval": 1, "n_saved": 1, **kwargs}
-        self.save_dir = save_dir
-        self.saver: Any = None
-
-    def attach(self, engine: Engine) -> None:
-        from monai.handlers import CheckpointSaver
-
-        self.save_dict[self.engine_key] = engine
-        self.saver = CheckpointSaver(save_dir=self.save_dir, save_dict=self.save_dict, **self._kwargs)
-        self.saver.attach(engine)
-
-
-class ProgressBar:
-    """ignite's tqdm ``ProgressBar`` showing the training loss, as a MONAI-style handler (``attach(engine)``)."""
-
-    def __init__(self, persist: bool = False, desc: str | None = None, show_loss: bool = True, **tqdm_kwargs: Any):
-        self.persist = persist
-        self.desc = desc
-        self.show_loss = show_loss
-        self.tqdm_kwargs = tqdm_kwargs
-
-    def attach(self, engine: Engine) -> None:
-        from ignite.handlers import ProgressBar as IgniteProgressBar
-
-        kwargs = dict(self.tqdm_kwargs)
-        if self.desc is not None:
-            kwargs["desc"] = self.desc
-        bar = IgniteProgressBar(persist=self.persist, **kwargs)
-        transform = (lambda out: {"loss": engine_loss(out)}) if self.show_loss else None
-        bar.attach(engine, output_transform=transform)
-
-
-def rank() -> int:
-    """This process's rank (0 outside ``torch.distributed``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
-
-
-def distributed_device() -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (gloo runs)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def init_distributed(backend: str | None = None) -> int:
-    """Initialise the default process group from torchrun's environment (NCCL on CUDA, else gloo).
-
-    Sets the CUDA device of this process to ``LOCAL_RANK`` first, and lets ``ignite.distributed`` adopt
-    the group on every rank (see the comment in the code). Returns the rank.
-    """
-    if not torch.distributed.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(distributed_device())
-        torch.distributed.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
-    # ignite adopts an existing process group lazily, with a collective (new_group), at its first idist call;
-    # when that call comes from a rank-0-only handler (ignite's Checkpoint asks idist.get_rank()) the other ranks
-    # never join it and training deadlocks, so every rank syncs here
-    import ignite.distributed as idist
-
-    idist.sync()
-    return torch.distributed.get_rank()

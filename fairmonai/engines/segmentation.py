@@ -16,14 +16,13 @@ FairDiff's one-table-per-attribute reporting, not over intersectional groups.
 :class:`SegmentationFairnessHandler` collects the per-image values on an evaluator (gathered across
 ranks under ``torch.distributed``), puts scalar summaries in ``engine.state.metrics`` (for
 ``CheckpointSaver``'s key metric, ``StatsHandler`` and ``TensorBoardStatsHandler``) and keeps the full
-table for :class:`SegmentationReportSaver` (metrics JSON, per-group CSV, per-image CSV).
+table and per-image rows for :class:`fairmonai.engines.results.ResultsWriter` (metrics JSON, per-group CSV,
+per-image CSV).
 :class:`MaskWriter` writes predicted masks as PNG files (atomically) plus a predictions manifest.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
@@ -39,8 +38,9 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from torch import nn
 
+from fairmonai.engines import results
 from fairmonai.errors import InputError
-from fairmonai.io.atomic import atomic_path, atomic_write
+from fairmonai.io.atomic import atomic_path
 from fairmonai.losses.weighted import GROUP_KEY
 from fairmonai.metrics.fairness import (
     dice_per_sample,
@@ -59,12 +59,13 @@ __all__ = [
     "segmentation_items",
     "summarise_segmentation",
     "SegmentationFairnessHandler",
-    "SegmentationReportSaver",
+    "GROUP_COLUMNS",
+    "group_rows",
+    "sample_rows",
     "write_metrics_json",
     "write_group_csv",
     "write_sample_csv",
     "MaskWriter",
-    "TrainingHistory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ FUNDUS_CLASSES: dict[str, int | tuple[int, ...]] = {"rim": 1, "cup": 2, "disc": 
 #: classes FairDiff reports (Tables 2-5) and the bundle's summary metrics average over
 KEY_CLASSES = ("rim", "cup")
 ES_VARIANTS = ("sum_abs", "stdev")
+#: leading columns of the per-group CSV
+GROUP_COLUMNS = ("attribute", "group", "n")
 _KINDS = ("dice", "iou")
 
 
@@ -470,12 +473,40 @@ class SegmentationFairnessHandler:
         self.metrics = {f"{self.prefix}{k}": v for k, v in scalars.items()}
         return self.metrics
 
+    def group_rows(self) -> list[dict[str, Any]]:
+        """Rows of the per-group CSV."""
+        return group_rows(self.table) if self.table else []
+
+    def sample_rows(self) -> list[dict[str, Any]]:
+        """Rows of the per-image CSV."""
+        return sample_rows(self.rows)
+
     def complete(self, engine: Engine) -> None:
         engine.state.metrics.update(self.compute())
 
 
 # ================================================================================================ writers
-_GROUP_COLUMNS = ("attribute", "group", "n")
+def group_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-group rows: one per (attribute, group) after an ``overall, all`` row; Dice / IoU per class."""
+    classes = list(table["classes"])
+    rows = [{"attribute": "overall", "group": "all", "n": table["n"]}]
+    rows[0].update({f"{kind}_{c}": table["overall"][kind][c] for kind in _KINDS for c in classes})
+    for attr, entry in table["attributes"].items():
+        for level, g in entry["groups"].items():
+            row = {"attribute": attr, "group": level, "n": g["n"]}
+            row.update({f"{kind}_{c}": g[kind][c] for kind in _KINDS for c in classes})
+            rows.append(row)
+    return rows
+
+
+def sample_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-image rows: id, attribute levels, Dice and IoU per class."""
+    out = []
+    for r in rows:
+        row = {"id": r.get("id"), **r["attributes"]}
+        row.update({f"{kind}_{c}": float(r[kind][c]) for kind in _KINDS for c in r["dice"]})
+        out.append(row)
+    return out
 
 
 def write_metrics_json(
@@ -484,94 +515,18 @@ def write_metrics_json(
     info: Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
 ) -> Path:
-    """Write the evaluation table as JSON, atomically, with run information and the flat metric names.
-
-    ``metrics`` (the scalars of :func:`summarise_segmentation`, as logged to TensorBoard) go under
-    ``"metrics"``; the table's nested entries follow at the top level.
-    """
-    path = Path(path)
-    payload = {"info": dict(info or {}), "metrics": dict(metrics or {}), **table}
-    with atomic_write(path, encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, default=str, allow_nan=True)
-    return path
+    """The evaluation table as the bundles' metrics JSON (:func:`fairmonai.engines.results.write_metrics_json`)."""
+    return results.write_metrics_json(table, path, info, metrics)
 
 
 def write_group_csv(table: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Per-group CSV: one row per (attribute, group) plus an ``overall, all`` row; Dice / IoU per class.
-
-    Values are written at full precision so that ES values can be recomputed exactly from the file.
-    """
-    classes = list(table["classes"])
-    columns = [*_GROUP_COLUMNS, *(f"{kind}_{c}" for kind in _KINDS for c in classes)]
-    rows = [{"attribute": "overall", "group": "all", "n": table["n"]}]
-    rows[0].update({f"{kind}_{c}": table["overall"][kind][c] for kind in _KINDS for c in classes})
-    for attr, entry in table["attributes"].items():
-        for level, g in entry["groups"].items():
-            row = {"attribute": attr, "group": level, "n": g["n"]}
-            row.update({f"{kind}_{c}": g[kind][c] for kind in _KINDS for c in classes})
-            rows.append(row)
-    with atomic_write(path, newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    return Path(path)
+    """Per-group CSV (:func:`group_rows`), at full precision so that ES values can be recomputed from the file."""
+    return results.write_rows_csv(group_rows(table), path, GROUP_COLUMNS)
 
 
 def write_sample_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Per-image CSV: id, attribute levels, Dice and IoU per class."""
-    attrs: list[str] = []
-    classes: list[str] = []
-    for r in rows:
-        attrs += [a for a in r["attributes"] if a not in attrs]
-        classes += [c for c in r["dice"] if c not in classes]
-    columns = ["id", *attrs, *(f"{kind}_{c}" for kind in _KINDS for c in classes)]
-    with atomic_write(path, newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            out = {"id": r.get("id"), **r["attributes"]}
-            out.update({f"{kind}_{c}": repr(float(r[kind][c])) for kind in _KINDS for c in classes})
-            writer.writerow(out)
-    return Path(path)
-
-
-class SegmentationReportSaver:
-    """At the evaluator's ``COMPLETED``, write the fairness table of a :class:`SegmentationFairnessHandler`.
-
-    Files (each written atomically; ``None`` skips one): metrics JSON (overall / per-group Dice and
-    IoU, ES-Dice and ES-IoU in both variants, worst group and gap, FairDiff fairness), per-group CSV
-    and per-image CSV. Attach on rank 0 only in distributed runs (the handler has gathered all ranks).
-    """
-
-    def __init__(
-        self,
-        fairness: SegmentationFairnessHandler,
-        metrics_file: str | os.PathLike | None,
-        groups_file: str | os.PathLike | None = None,
-        samples_file: str | os.PathLike | None = None,
-        info: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.fairness = fairness
-        self.metrics_file = metrics_file
-        self.groups_file = groups_file
-        self.samples_file = samples_file
-        self.info = dict(info or {})
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        table = self.fairness.table
-        if not table:
-            raise RuntimeError("the fairness handler has no results: was it attached to the same evaluator?")
-        if self.metrics_file:
-            write_metrics_json(table, self.metrics_file, self.info, self.fairness.metrics)
-        if self.groups_file:
-            write_group_csv(table, self.groups_file)
-        if self.samples_file:
-            write_sample_csv(self.fairness.rows, self.samples_file)
-        logger.info("segmentation fairness report written to %s", self.metrics_file or self.groups_file)
+    """Per-image CSV (:func:`sample_rows`)."""
+    return results.write_rows_csv(sample_rows(rows), path)
 
 
 class MaskWriter:
@@ -658,72 +613,3 @@ class MaskWriter:
         path = write_manifest(out, self.manifest_file)
         logger.info("%d predicted masks written; manifest %s", len(out), path)
         return path
-
-
-# ============================================================================================ training
-class TrainingHistory:
-    """Per-epoch training loss and validation metrics in ``history.json`` (rewritten atomically each epoch).
-
-    ``train_loss`` is the mean of the iteration losses of the epoch (this rank's); validation metrics
-    are copied from ``evaluator.state.metrics`` when the evaluator ran in that epoch. A resumed run
-    keeps the epochs before its starting epoch. Attach to the trainer after the ``ValidationHandler``.
-    """
-
-    def __init__(self, path: str | os.PathLike, evaluator: Engine | None = None, metrics: Sequence[str] | None = None):
-        self.path = Path(path)
-        self.evaluator = evaluator
-        self.metrics = None if metrics is None else list(metrics)
-        self.epochs: list[dict[str, Any]] = []
-        self._losses: list[float] = []
-        self._evaluated_epoch = -1
-        self._loaded = False
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.started)
-        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
-        if self.evaluator is not None:
-            self.evaluator.add_event_handler(Events.COMPLETED, self._evaluated)
-
-    def _evaluated(self, evaluator: Engine) -> None:
-        self._evaluated_epoch = evaluator.state.epoch
-
-    def started(self, engine: Engine) -> None:
-        self.epochs = []
-        self._loaded = False
-
-    def epoch_started(self, engine: Engine) -> None:
-        self._losses = []
-        if not self._loaded:  # here, not at STARTED: a resumed trainer knows its epoch only after loading
-            self._loaded = True
-            if self.path.is_file():
-                try:
-                    previous = json.loads(self.path.read_text(encoding="utf-8")).get("epochs", [])
-                except (OSError, ValueError):
-                    previous = []
-                self.epochs = [e for e in previous if int(e.get("epoch", 0)) < engine.state.epoch]
-
-    def iteration_completed(self, engine: Engine) -> None:
-        out = engine.state.output
-        if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
-            out = out[0]
-        loss = out.get("loss") if isinstance(out, Mapping) else out
-        if loss is not None:
-            self._losses.append(float(torch.as_tensor(loss).detach().float().mean()))
-
-    def epoch_completed(self, engine: Engine) -> None:
-        entry: dict[str, Any] = {
-            "epoch": engine.state.epoch,
-            "iterations": len(self._losses),
-            "train_loss": _mean(self._losses) if self._losses else None,
-        }
-        if self.evaluator is not None and self._evaluated_epoch == engine.state.epoch:
-            names = self.metrics if self.metrics is not None else list(self.evaluator.state.metrics)
-            for name in names:
-                value = self.evaluator.state.metrics.get(name)
-                if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
-                    entry[name] = float(value)
-        self.epochs = [e for e in self.epochs if e.get("epoch") != entry["epoch"]] + [entry]
-        with atomic_write(self.path, encoding="utf-8") as f:
-            json.dump({"epochs": self.epochs}, f, indent=1)
