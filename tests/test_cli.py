@@ -132,4 +132,3 @@ def test_manifest_and_audit_commands_read_every_image_header(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cohort.csv, row 7, field 'image'" in err and "s5.png" in err, err
     assert not (tmp_path / "audit").exists() and not (tmp_path / "m.csv").exists()
-
