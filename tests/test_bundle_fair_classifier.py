@@ -175,6 +175,34 @@ def test_classification_table_matches_fairmonai_metrics() -> None:
     assert all(isinstance(v, float) for v in scalars.values())
 
 
+def test_classification_table_bootstrap_intervals() -> None:
+    """Intervals beside every per-group value: seeded, holding the value, narrower for the larger group."""
+    rng = np.random.default_rng(3)
+    n = 400
+    sex = np.where(rng.random(n) < 0.15, "F", "M")  # a small minority, as in the cohorts
+    y = rng.integers(0, 2, n)
+    prob = np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
+    table = cls.classification_table(y, prob, {"sex": sex.tolist()}, n_boot=400, random_state=7)
+    again = cls.classification_table(y, prob, {"sex": sex.tolist()}, n_boot=400, random_state=7)
+    assert table == again and table["bootstrap"]["n_boot"] == 400
+    rows = {r["group"]: r for r in table["attributes"]["sex"]["groups"]}
+    for row in [*rows.values(), table["overall"]]:
+        for m in cls.CI_METRICS:
+            assert row[f"{m}_ci_low"] <= row[m] <= row[f"{m}_ci_high"], (m, row)
+    width = {g: r["balanced_accuracy_ci_high"] - r["balanced_accuracy_ci_low"] for g, r in rows.items()}
+    assert width["F"] > 1.5 * width["M"]  # about sqrt(340 / 60) = 2.4 times wider
+    frame = fm.balanced_accuracy(
+        y, prob.round().astype(int), sensitive_features={"sex": sex}, n_boot=400, random_state=7
+    )
+    assert (rows["F"]["balanced_accuracy_ci_low"], rows["F"]["balanced_accuracy_ci_high"]) == pytest.approx(
+        frame.interval("balanced_accuracy", ("F",))
+    )
+    low, high = table["attributes"]["sex"]["balanced_accuracy_gap_ci"]
+    assert low <= table["attributes"]["sex"]["balanced_accuracy_gap"] <= high
+    plain = cls.classification_table(y, prob, {"sex": sex.tolist()})
+    assert "bootstrap" not in plain and not any(k.endswith("_ci_low") for k in plain["overall"])
+
+
 def test_classification_table_multiclass_and_undefined_groups() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 40)
@@ -393,6 +421,22 @@ def test_evaluate_matches_recomputation_from_its_predictions(trained: dict, mani
         assert same(summary["es_auc"], fm.es_auc(y, p1, sensitive_features=sf))
     groups = list(csv.DictReader(open(out / "validation_per_group.csv")))
     assert sum(int(r["count"]) for r in groups if r["attribute"] == "sex") == n_val
+    # bootstrap intervals (evaluate's n_boot 1000, seed 0): resampling the saved predictions within each
+    # group reproduces them, and each interval holds its value
+    assert saved["bootstrap"] == {
+        "n_boot": 1000,
+        "ci_quantiles": [0.025, 0.975],
+        "random_state": 0,
+        "resample": "group",
+    }
+    for a in ("sex", "age"):
+        frame = fm.balanced_accuracy(y, pred, sensitive_features={a: [r[a] for r in rows]}, n_boot=1000, random_state=0)
+        for row in groups:
+            if row["attribute"] != a or not int(row["count"]):
+                continue
+            low, high = float(row["balanced_accuracy_ci_low"]), float(row["balanced_accuracy_ci_high"])
+            assert (low, high) == pytest.approx(frame.interval("balanced_accuracy", (row["group"],)))
+            assert low <= float(row["balanced_accuracy"]) <= high
 
 
 @pytest.mark.slow

@@ -390,6 +390,18 @@ def test_evaluate_writes_metrics_and_group_csv(trained: SimpleNamespace, phantom
         per_image = list(csv.DictReader(f))
     assert len(per_image) == 7
     assert np.mean([float(r["dice_cup"]) for r in per_image]) == pytest.approx(metrics["overall"]["dice"]["cup"])
+    # 95 % bootstrap intervals per group (n_boot 1000, seed 0), reproduced from the per-image Dice
+    from fairmonai.metrics import group_bootstrap_ci
+
+    with open(out / "test_per_group.csv", newline="") as f:
+        groups = [r for r in csv.DictReader(f) if r["attribute"] == "race"]
+    dice = np.array([float(r["dice_cup"]) for r in per_image])
+    frame = group_bootstrap_ci(dice, {"race": [r["race"] for r in per_image]}, n_boot=1000, random_state=0)
+    for row in groups:
+        low, high = float(row["dice_cup_ci_low"]), float(row["dice_cup_ci_high"])
+        assert (low, high) == pytest.approx(frame.interval("mean", (row["group"],)))
+        assert low <= float(row["dice_cup"]) <= high
+        assert metrics["attributes"]["race"]["groups"][row["group"]]["ci"]["dice_cup"] == pytest.approx([low, high])
 
 
 @pytest.mark.slow

@@ -102,6 +102,8 @@ logger = logging.getLogger(__name__)
 CLASSIFIERS = ("resnet10", "resnet18", "resnet34", "resnet50", "vit")
 #: name of the attribute combining all sensitive attributes (intersectional groups)
 INTERSECTION = "intersection"
+#: metrics that get bootstrap intervals (``<m>_ci_low`` / ``<m>_ci_high``) when ``n_boot > 0``
+CI_METRICS = ("balanced_accuracy", "auc", "accuracy")
 
 
 # ============================================================================================== networks
@@ -216,16 +218,23 @@ def _attribute_summary(
     declared: list[tuple[str, ...]],
     classes: list[int],
     es_variant: str,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per-group rows and disparity summaries for one attribute (or the intersection of several)."""
+    """Per-group rows and disparity summaries for one attribute (or the intersection of several).
+
+    ``bootstrap`` (``n_boot``, ``ci_quantiles``, ``random_state``) adds percentile intervals, resampling
+    records within each group (:class:`~fairmonai.metrics.GroupMetricFrame`): ``<m>_ci_low`` /
+    ``<m>_ci_high`` on every row for :data:`CI_METRICS`, and ``balanced_accuracy_gap_ci``.
+    """
     attrs = tuple(columns)
     binary = len(classes) == 2
     rates: dict[str, Callable] = {"balanced_accuracy": balanced_accuracy_score, "accuracy": accuracy}
     if binary:
         rates.update(tpr=true_positive_rate, tnr=true_negative_rate, selection_rate=selection_rate)
     rates["positives"] = lambda yt, yp: float(np.sum(np.asarray(yt) == classes[-1]))
-    frame = GroupMetricFrame(rates, y, pred, columns, declared_groups=declared)
-    auc_frame = auc_per_group(y, score, sensitive_features=columns, classes=classes, declared_groups=declared)
+    boot = dict(bootstrap or {})
+    frame = GroupMetricFrame(rates, y, pred, columns, declared_groups=declared, **boot)
+    auc_frame = auc_per_group(y, score, sensitive_features=columns, classes=classes, declared_groups=declared, **boot)
     rows = []
     for key in frame.groups:
         count = frame.counts[key]
@@ -241,12 +250,16 @@ def _attribute_summary(
         }
         if binary:
             row.update(tpr=_f(values["tpr"]), tnr=_f(values["tnr"]), selection_rate=_f(values["selection_rate"]))
+        if boot and count:
+            for metric in CI_METRICS:
+                low, high = (auc_frame if metric == "auc" else frame).interval(metric, key)
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = _f(low), _f(high)
         rows.append(row)
     present = [r for r in rows if r["count"] > 0 and not math.isnan(r["balanced_accuracy"])]
     best = max(present, key=lambda r: r["balanced_accuracy"], default=None)
     worst = min(present, key=lambda r: r["balanced_accuracy"], default=None)
     kwargs = {"sensitive_features": columns, "classes": classes}
-    return {
+    summary: dict[str, Any] = {
         "attributes": list(attrs),
         "groups": rows,
         "best_group": best["group"] if best else None,
@@ -261,6 +274,25 @@ def _attribute_summary(
         "es_auc": _f(es_auc(y, score, variant=es_variant, **kwargs)),
         "es_accuracy": _f(es_accuracy(y, pred, variant=es_variant, **kwargs)),
     }
+    if boot:
+        quantiles = frame.difference_ci("balanced_accuracy")
+        summary["balanced_accuracy_gap_ci"] = [_f(quantiles[0]), _f(quantiles[-1])]
+    return summary
+
+
+def _overall_intervals(
+    y: np.ndarray, pred: np.ndarray, score: np.ndarray, classes: list[int], bootstrap: Mapping[str, Any]
+) -> dict[str, float]:
+    """Bootstrap intervals of the overall metrics: every record resampled (one group holding all)."""
+    everyone = {"all": ["all"] * int(y.shape[0])}
+    rates = {"balanced_accuracy": balanced_accuracy_score, "accuracy": accuracy}
+    frame = GroupMetricFrame(rates, y, pred, everyone, **bootstrap)
+    auc_frame = auc_per_group(y, score, sensitive_features=everyone, classes=classes, **bootstrap)
+    out = {}
+    for metric in CI_METRICS:
+        low, high = (auc_frame if metric == "auc" else frame).interval(metric, "all")
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = _f(low), _f(high)
+    return out
 
 
 def classification_table(
@@ -272,6 +304,9 @@ def classification_table(
     levels: Mapping[str, Sequence[str]] | None = None,
     intersection: bool = True,
     es_variant: str = "sum_abs",
+    n_boot: int = 0,
+    ci_quantiles: Sequence[float] = (0.025, 0.975),
+    random_state: int = 0,
 ) -> dict[str, Any]:
     """Overall and per-group performance and fairness of a classifier, from its class probabilities.
 
@@ -290,6 +325,12 @@ def classification_table(
         levels: declared levels per attribute: rows follow this order and absent levels show count 0.
         intersection: also tabulate the intersectional groups (when there are several attributes).
         es_variant: ``sum_abs`` (FairSeg/FairDiffusion ES) or ``stdev`` (FairDiff's tables).
+        n_boot: bootstrap resamples for confidence intervals (0: none). Minority groups are small, so
+            the evaluation writes intervals beside every per-group value: ``<m>_ci_low`` / ``<m>_ci_high``
+            for balanced accuracy, AUC and accuracy (percentiles ``ci_quantiles``; records resampled
+            within each group, seeded by ``random_state``) and ``balanced_accuracy_gap_ci`` per attribute.
+        ci_quantiles: the quantiles of the interval (default a 95 % percentile interval).
+        random_state: seed of the resampling (the same seed gives the same intervals).
 
     Undefined values (a group with one true class has no AUC; no positives, no TPR) are NaN (JSON
     ``null``) and are skipped in gaps and differences; the warnings raised meanwhile are listed under
@@ -312,6 +353,13 @@ def classification_table(
         if len(values) != y.shape[0]:
             raise ValueError(f"attribute {a!r} has {len(values)} values for {y.shape[0]} samples")
     levels = {str(k): [str(v) for v in vals] for k, vals in (levels or {}).items()}
+    if int(n_boot) < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    bootstrap = (
+        {"n_boot": int(n_boot), "ci_quantiles": tuple(ci_quantiles), "random_state": int(random_state)}
+        if int(n_boot) > 0
+        else None
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
         table: dict[str, Any] = {
@@ -327,16 +375,19 @@ def classification_table(
             },
             "attributes": {},
         }
+        if bootstrap:
+            table["bootstrap"] = {**bootstrap, "ci_quantiles": list(bootstrap["ci_quantiles"]), "resample": "group"}
+            table["overall"].update(_overall_intervals(y, pred, score, classes, bootstrap))
         for a, values in columns.items():
             order = _order(values, levels.get(a))
             table["attributes"][a] = _attribute_summary(
-                y, pred, score, {a: values}, [(v,) for v in order], classes, es_variant
+                y, pred, score, {a: values}, [(v,) for v in order], classes, es_variant, bootstrap
             )
         if intersection and len(columns) > 1:
             orders = [_order(v, levels.get(a)) for a, v in columns.items()]
             declared = list(itertools.product(*orders))
             table["attributes"][INTERSECTION] = _attribute_summary(
-                y, pred, score, columns, declared, classes, es_variant
+                y, pred, score, columns, declared, classes, es_variant, bootstrap
             )
     table["notes"] = sorted({str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)})
     return table
@@ -437,6 +488,9 @@ class ClassificationFairnessHandler:
         metric_prefix: prefix of the scalar names in ``engine.state.metrics``.
         es_variant: equity-scaling variant (``sum_abs`` or ``stdev``).
         attributes_key, id_key, label_key: batch keys of the attributes, the sample ids and the labels.
+        n_boot, ci_quantiles, random_state: bootstrap confidence intervals of the per-group values
+            (see :func:`classification_table`; 0 resamples, the default, computes none: validation
+            during training skips them, the evaluate config asks for 1000).
     """
 
     def __init__(
@@ -450,8 +504,14 @@ class ClassificationFairnessHandler:
         attributes_key: str = "attributes",
         id_key: str = "id",
         label_key: str = "label",
+        n_boot: int = 0,
+        ci_quantiles: Sequence[float] = (0.025, 0.975),
+        random_state: int = 0,
     ) -> None:
         self.num_classes = int(num_classes)
+        self.n_boot = int(n_boot)
+        self.ci_quantiles = tuple(float(q) for q in ci_quantiles)
+        self.random_state = int(random_state)
         self.attributes = None if attributes is None else [str(a) for a in attributes]
         self.levels = dict(levels or {})
         self.intersection = intersection
@@ -551,6 +611,9 @@ class ClassificationFairnessHandler:
             levels=levels,
             intersection=self.intersection,
             es_variant=self.es_variant,
+            n_boot=self.n_boot,
+            ci_quantiles=self.ci_quantiles,
+            random_state=self.random_state,
         )
         self.scalars = table_scalars(self.table, self.metric_prefix)
         return self.scalars

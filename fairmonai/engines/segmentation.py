@@ -48,6 +48,7 @@ from fairmonai.metrics.fairness import (
     fairdiff_fairness_from_values,
     iou_per_sample,
 )
+from fairmonai.metrics.group import group_bootstrap_ci
 
 __all__ = [
     "NETWORKS",
@@ -197,6 +198,31 @@ def _safe(name: Any) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "none"
 
 
+def _intervals(
+    rows: Sequence[Mapping[str, Any]], levels: Sequence[str], classes: Sequence[str], bootstrap: Mapping[str, Any]
+) -> dict[str, dict[str, list[float]]]:
+    """``{level: {"<kind>_<class>": [low, high]}}``: bootstrap intervals of the per-image means of a group.
+
+    Images whose value is undefined (NaN) are left out of that class's resampling, as :func:`_mean`
+    leaves them out of the value; a group with no defined value gets ``[nan, nan]``.
+    """
+    levels = np.asarray(levels, dtype=object)
+    out: dict[str, dict[str, list[float]]] = {str(level): {} for level in dict.fromkeys(levels.tolist())}
+    for kind in _KINDS:
+        for c in classes:
+            name = f"{kind}_{c}"
+            values = np.array([float(r[kind][c]) for r in rows])
+            keep = np.isfinite(values)
+            for level in out:
+                out[level][name] = [math.nan, math.nan]
+            if not keep.any():
+                continue
+            frame = group_bootstrap_ci(values[keep], {"group": levels[keep].tolist()}, **bootstrap)
+            for key in frame.groups:
+                out[str(key[0])][name] = [float(v) for v in frame.interval("mean", key)]
+    return out
+
+
 def summarise_segmentation(
     rows: Sequence[Mapping[str, Any]],
     classes: Sequence[str],
@@ -204,6 +230,9 @@ def summarise_segmentation(
     attributes: Sequence[str] | None = None,
     key_classes: Sequence[str] = KEY_CLASSES,
     es_variant: str = "stdev",
+    n_boot: int = 0,
+    ci_quantiles: Sequence[float] = (0.025, 0.975),
+    random_state: int = 0,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Overall, per-group and equity-scaled Dice / IoU from per-image rows.
 
@@ -215,6 +244,13 @@ def summarise_segmentation(
         key_classes: classes averaged by ``mean_dice`` / ``mean_iou`` / ``es_dice`` / ``es_iou``.
         es_variant: the variant behind the short names (``es_dice_cup_race``, ``es_dice``); both
             variants are always computed under their long names.
+        n_boot: bootstrap resamples (0: none) for percentile intervals of the mean Dice / IoU of every
+            class, overall and per group: the images of each group are resampled within it
+            (:func:`~fairmonai.metrics.group_bootstrap_ci`, seeded by ``random_state``) and the table
+            gets ``ci: {"<kind>_<class>": [low, high]}`` beside each value (columns
+            ``<kind>_<class>_ci_low`` / ``_ci_high`` of the per-group CSV).
+        ci_quantiles: quantiles of the interval (default a 95 % percentile interval).
+        random_state: seed of the resampling.
 
     Returns:
         ``(scalars, table)``: flat ``{metric name: float}`` for ``engine.state.metrics`` and the nested
@@ -256,6 +292,16 @@ def summarise_segmentation(
         scalars[f"mean_{kind}"] = _mean([table["overall"][kind][c] for c in key_classes])
     table["overall"]["mean_dice"] = scalars["mean_dice"]
     table["overall"]["mean_iou"] = scalars["mean_iou"]
+    if int(n_boot) < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    bootstrap = (
+        {"n_boot": int(n_boot), "ci_quantiles": tuple(ci_quantiles), "random_state": int(random_state)}
+        if int(n_boot) > 0
+        else None
+    )
+    if bootstrap:
+        table["bootstrap"] = {**bootstrap, "ci_quantiles": list(bootstrap["ci_quantiles"]), "resample": "group"}
+        table["overall"]["ci"] = _intervals(rows, ["all"] * len(rows), classes, bootstrap)["all"]
 
     es_short: dict[str, list[float]] = {kind: [] for kind in _KINDS}
     for attr in attributes:
@@ -271,6 +317,10 @@ def summarise_segmentation(
             }
             for level, members in sorted(levels.items())
         }
+        if bootstrap:
+            cis = _intervals(rows, [str(r["attributes"][attr]) for r in rows], classes, bootstrap)
+            for level, g in groups.items():
+                g["ci"] = cis[level]
         entry: dict[str, Any] = {"groups": groups, "worst_group": {}, "gap": {}}
         for kind in _KINDS:
             entry[f"es_{kind}"] = {}
@@ -386,6 +436,9 @@ class SegmentationFairnessHandler:
         empty_value: Dice / IoU when prediction and label are both empty for a class.
         output_transform: ``engine -> (logits, labels)``; default reads MONAI's ``pred`` / ``label``.
         prefix: prepended to every metric name (e.g. ``"val_"``).
+        n_boot, ci_quantiles, random_state: bootstrap intervals per group (see
+            :func:`summarise_segmentation`; 0, the default, computes none: validation during training
+            skips them, the evaluate config asks for 1000).
     """
 
     def __init__(
@@ -397,7 +450,13 @@ class SegmentationFairnessHandler:
         empty_value: float = 1.0,
         output_transform: Callable[[Engine], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
         prefix: str = "",
+        n_boot: int = 0,
+        ci_quantiles: Sequence[float] = (0.025, 0.975),
+        random_state: int = 0,
     ) -> None:
+        self.n_boot = int(n_boot)
+        self.ci_quantiles = tuple(float(q) for q in ci_quantiles)
+        self.random_state = int(random_state)
         if es_variant not in ES_VARIANTS:
             raise ValueError(f"es_variant must be one of {ES_VARIANTS}, got {es_variant!r}")
         self.classes = dict(classes)
@@ -469,6 +528,9 @@ class SegmentationFairnessHandler:
             attributes=self.attributes,
             key_classes=self.key_classes,
             es_variant=self.es_variant,
+            n_boot=self.n_boot,
+            ci_quantiles=self.ci_quantiles,
+            random_state=self.random_state,
         )
         self.metrics = {f"{self.prefix}{k}": v for k, v in scalars.items()}
         return self.metrics
@@ -489,13 +551,20 @@ class SegmentationFairnessHandler:
 def group_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per-group rows: one per (attribute, group) after an ``overall, all`` row; Dice / IoU per class."""
     classes = list(table["classes"])
-    rows = [{"attribute": "overall", "group": "all", "n": table["n"]}]
-    rows[0].update({f"{kind}_{c}": table["overall"][kind][c] for kind in _KINDS for c in classes})
+
+    def values(entry: Mapping[str, Any]) -> dict[str, float]:
+        out = {}
+        for kind in _KINDS:
+            for c in classes:
+                out[f"{kind}_{c}"] = entry[kind][c]
+                if "ci" in entry:  # bootstrap interval right after its value
+                    out[f"{kind}_{c}_ci_low"], out[f"{kind}_{c}_ci_high"] = entry["ci"][f"{kind}_{c}"]
+        return out
+
+    rows = [{"attribute": "overall", "group": "all", "n": table["n"], **values(table["overall"])}]
     for attr, entry in table["attributes"].items():
         for level, g in entry["groups"].items():
-            row = {"attribute": attr, "group": level, "n": g["n"]}
-            row.update({f"{kind}_{c}": g[kind][c] for kind in _KINDS for c in classes})
-            rows.append(row)
+            rows.append({"attribute": attr, "group": level, "n": g["n"], **values(g)})
     return rows
 
 
