@@ -547,3 +547,23 @@ def test_both_bundles_share_one_config_shape(name: str) -> None:
             assert "fairmonai.engines.ResumableCheckpointSaver" in targets
             assert "TensorBoardStatsHandler" not in targets  # MONAI's would log resumed steps twice
             assert config["validate"]["best_saver"]["_target_"] == "fairmonai.engines.CheckpointSaver"
+
+
+def test_segmentation_items_name_the_manifest_line(tmp_path: Path) -> None:
+    """A record without a mask, or without an evaluation attribute, is named by its manifest file and line."""
+    from fairmonai.cohort import Cohort, GroupSpec
+    from fairmonai.engines.segmentation import segmentation_items
+    from fairmonai.errors import InputError
+    from fairmonai.losses.weighted import GroupIndexer
+
+    for name in ("a", "b", "c"):
+        Image.new("L", (8, 8), 1).save(tmp_path / f"{name}.png")
+    rows = ["id,image,mask,race,sex,split", "a,a.png,a.png,Black,F,training", "b,b.png,b.png,White,,training"]
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "c,c.png,,White,M,training"]) + "\n")
+    cohort = Cohort.from_manifest(tmp_path / "m.csv", GroupSpec(attributes=("race",)))
+    indexer = GroupIndexer(cohort.counts())
+    with pytest.raises(InputError, match=r"m\.csv, row 4, field 'mask': record has no mask"):
+        segmentation_items(cohort, indexer)
+    two = cohort.subset([0, 1])
+    with pytest.raises(InputError, match=r"m\.csv, row 3, field 'sex': record 'b' has no value"):
+        segmentation_items(two, indexer, attributes=["sex"])

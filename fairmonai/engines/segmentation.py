@@ -158,19 +158,18 @@ def segmentation_items(
 
     extra = [a for a in (attributes or ()) if a not in (cohort.spec.key_fields if cohort.spec else ())]
     items = []
-    for row, (rec, item) in enumerate(
-        zip(cohort, task_items(cohort, indexer, task="segmentation"), strict=True), start=1
-    ):
+    for index, (rec, item) in enumerate(zip(cohort, task_items(cohort, indexer, task="segmentation"), strict=True)):
+        where = cohort.location(index)  # the manifest file and line, as every other message names them
         if "label" not in item:
-            raise InputError("record has no mask to segment", path=cohort.source, row=row, field="mask")
+            raise InputError("record has no mask to segment", path=where["path"], row=where["row"], field="mask")
         levels = dict(item["attributes"])
         for name in extra:
             value = rec.attributes.get(name)
             if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "":
                 raise InputError(
                     f"record {rec.id!r} has no value for the evaluation attribute {name!r}",
-                    path=cohort.source,
-                    row=row,
+                    path=where["path"],
+                    row=where["row"],
                     field=name,
                 )
             levels[name] = str(value)

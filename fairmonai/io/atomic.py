@@ -52,9 +52,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
-    """``open()`` replacement that writes to a temporary file and renames it into place on success."""
-    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as handle:
-        yield handle
+    """``open()`` replacement that writes to a temporary file and renames it into place on success.
+
+    The data is flushed to disk (``fsync``) before the rename, so a crash or power loss right after
+    leaves either the old file or the complete new one, never an empty file under the final name.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 class OutputExistsError(FairMonaiError, FileExistsError):
