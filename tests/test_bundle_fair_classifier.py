@@ -377,9 +377,11 @@ def test_resume_continues_from_last_checkpoint(trained: dict) -> None:
     assert "resumed from" in log and "at epoch 1, iteration 2" in log
     assert "Epoch: 2/2, Iter: 1/2" in log and "Epoch: 1/2" not in log  # exactly one more epoch
     assert "rank 0: finished at epoch 2, iteration 4" in log
-    (ckpt,) = (trained["out"] / "checkpoints").glob("checkpoint*.pt")
+    kept = sorted(p.name for p in (trained["out"] / "checkpoints").glob("checkpoint*.pt"))
+    assert kept == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # keep_checkpoints: 2, across the resume
+    ckpt = trained["out"] / "checkpoints" / "checkpoint_epoch=2.pt"
     state = torch.load(ckpt, weights_only=True)
-    assert ckpt.name == "checkpoint_epoch=2.pt" and state["trainer"]["iteration"] == 4
+    assert state["trainer"]["iteration"] == 4
     assert set(state) >= {"network", "optimizer", "lr_scheduler", "trainer", "best_model"}
 
 

@@ -327,7 +327,7 @@ def trained(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNa
 @pytest.mark.slow
 def test_train_writes_checkpoint_model_and_fair_validation_metrics(trained: SimpleNamespace) -> None:
     first = trained.first
-    assert first.model and first.checkpoints == ["checkpoint_epoch=3.pt"]
+    assert first.model and first.checkpoints == ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]  # keep 2
     assert [e["epoch"] for e in first.history] == [1, 2, 3]
     last = first.history[-1]
     for key in ("mean_dice", "es_dice", "dice_cup", "dice_rim", "es_dice_cup_race", "es_dice_rim_race_sum_abs"):
@@ -359,7 +359,10 @@ def test_resume_continues_from_the_last_checkpoint(trained: SimpleNamespace) -> 
     assert history[:3] == trained.first.history  # epochs 1-3 were not trained again
     per_epoch = history[0]["iterations"]
     assert history[3]["iterations"] == per_epoch  # exactly one more epoch
-    assert sorted(p.name for p in (trained.out / "checkpoints").glob("checkpoint*.pt")) == ["checkpoint_epoch=4.pt"]
+    assert sorted(p.name for p in (trained.out / "checkpoints").glob("checkpoint*.pt")) == [
+        "checkpoint_epoch=3.pt",
+        "checkpoint_epoch=4.pt",
+    ]
     state = torch.load(trained.out / "checkpoints" / "checkpoint_epoch=4.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 4 * per_epoch
     assert state["best_model"]["_saved"]  # the best score survives the restart
@@ -523,12 +526,13 @@ def test_both_bundles_share_one_config_shape(name: str) -> None:
                        "image_size", "cache", "cache_dir", "num_workers", "network_name", "in_channels",
                        "network_options", "epochs", "epoch_length", "batch_size", "learning_rate", "sampler_name",
                        "sampler_options", "loss_name", "loss_options", "key_metric", "key_metric_mode", "val_interval",
-                       "seed", "device", "amp", "amp_dtype", "compile", "resume", "progress", "rank", "torch_device",
-                       "use_amp", "network_def", "network", "eval_network", "val_sampler", "loss", "optimizer",
+                       "seed", "device", "amp", "amp_dtype", "compile", "resume", "keep_checkpoints", "progress",
+                       "rank", "torch_device", "use_amp", "network_def", "network", "eval_network", "val_sampler",
+                       "loss", "optimizer",
                        "train", "validate", "initialize", "run", "finalize"],
         "evaluate.yaml": ["bundle_root", "output_dir", "model_dir", "ckpt_path", "manifest", "groups", "eval_split",
-                          "batch_size", "es_variant", "device", "amp", "metrics_file", "groups_file", "samples_file",
-                          "torch_device", "network", "evaluate", "run"],
+                          "batch_size", "es_variant", "n_boot", "ci_quantiles", "device", "amp", "metrics_file",
+                          "groups_file", "samples_file", "torch_device", "network", "evaluate", "run"],
         "inference.yaml": ["bundle_root", "output_dir", "model_dir", "ckpt_path", "predictions_file", "manifest",
                            "infer_split", "batch_size", "device", "amp", "torch_device", "network", "infer", "run"],
         "multi_gpu_train.yaml": ["device", "rank", "network", "val_sampler", "eval_network", "initialize", "finalize"],
