@@ -38,15 +38,26 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_phantom("cardiac", tmp_path_factory.mktemp("cardiac"), subjects=24, seed=0)
 
 
-def run_bundle(configs: list[str], *args: str, cwd: Path, nproc: int = 0, timeout: int = 240) -> str:
-    """``python -m monai.bundle run run`` (or under torchrun) from ``cwd``; returns stdout + stderr."""
+#: runs compared bit for bit use one CPU thread: multi-threaded CPU kernels (oneDNN's convolution backward)
+#: may sum in a thread-dependent order, and Adam turns such last-bit differences into lr-sized ones
+EXACT_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
+def run_bundle(
+    configs: list[str], *args: str, cwd: Path, nproc: int = 0, timeout: int = 240, threads: int | None = None
+) -> str:
+    """``python -m monai.bundle run run`` (or under torchrun) from ``cwd``; returns stdout + stderr.
+
+    ``threads``: intra-op CPU threads of the run (1 for runs whose weights are compared exactly).
+    """
     files = [str(CONFIGS / c) for c in configs]
     config_arg = files[0] if len(files) == 1 else repr(files)
     cmd = [sys.executable]
     if nproc:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "monai.bundle", "run", "run", "--config_file", config_arg, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc else os.environ.get("OMP_NUM_THREADS", "2")}
+    default = "1" if nproc else os.environ.get("OMP_NUM_THREADS", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads) if threads else default}
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
@@ -321,9 +332,14 @@ def _train_in_process(manifest: Path, out: Path, **overrides) -> tuple:
 @pytest.mark.slow
 def test_same_seed_same_run(manifest: Path, tmp_path: Path) -> None:
     weights = []
-    for run in ("a", "b"):
-        parser, _ = _train_in_process(manifest, tmp_path / run, val_interval=5)
-        weights.append({k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # compared bit for bit: see EXACT_THREADS
+    try:
+        for run in ("a", "b"):
+            parser, _ = _train_in_process(manifest, tmp_path / run, val_interval=5)
+            weights.append({k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()})
+    finally:
+        torch.set_num_threads(threads)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
@@ -485,7 +501,7 @@ def _train_args(manifest: Path, work: Path) -> list[str]:
 def _killed_run(manifest: Path, work: Path, kill_at: str, nth: int = 1) -> subprocess.CompletedProcess:
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(KILLER), "run", "run", "--config_file", str(CONFIGS / "train.yaml")]
-    env = {**os.environ, "KILL_AT": kill_at, "KILL_NTH": str(nth)}
+    env = {**os.environ, "KILL_AT": kill_at, "KILL_NTH": str(nth), **EXACT_THREADS}
     cmd += _train_args(manifest, work)
     return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=240, env=env)
 
@@ -501,7 +517,7 @@ def _scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def uninterrupted(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("uninterrupted")
-    run_bundle(["train.yaml"], *_train_args(manifest, work), cwd=work)
+    run_bundle(["train.yaml"], *_train_args(manifest, work), cwd=work, threads=1)
     return work
 
 
@@ -524,7 +540,7 @@ def test_kill_during_a_write_then_resume_matches_an_uninterrupted_run(
         assert survivors == ["checkpoint_epoch=1.pt"]  # the previous checkpoint is still there, complete
         torch.load(tmp_path / "out" / "checkpoints" / survivors[0], weights_only=True)
     assert not (tmp_path / "models" / "model.pt").exists() or kill_at != "model.pt"  # never a truncated model.pt
-    log = run_bundle(["train.yaml"], *_train_args(manifest, tmp_path), cwd=tmp_path)
+    log = run_bundle(["train.yaml"], *_train_args(manifest, tmp_path), cwd=tmp_path, threads=1)
     if kill_at.startswith("checkpoint"):
         assert "resumed from" in log and "at epoch 1" in log
     final = tmp_path / "out" / "checkpoints" / "checkpoint_epoch=2.pt"
@@ -552,10 +568,10 @@ def test_corrupt_newest_checkpoint_is_skipped(manifest: Path, tmp_path: Path, un
     ckpts = tmp_path / "out" / "checkpoints"
     ckpts.mkdir(parents=True)
     one = tmp_path / "first"
-    run_bundle(["train.yaml"], *_train_args(manifest, one), "--epochs", "1", cwd=tmp_path)
+    run_bundle(["train.yaml"], *_train_args(manifest, one), "--epochs", "1", cwd=tmp_path, threads=1)
     (ckpts / "checkpoint_epoch=1.pt").write_bytes((one / "out" / "checkpoints" / "checkpoint_epoch=1.pt").read_bytes())
     (ckpts / "checkpoint_epoch=2.pt").write_bytes(b"PK\x03\x04 not a whole zip archive")
-    log = run_bundle(["train.yaml"], *_train_args(manifest, tmp_path), cwd=tmp_path)
+    log = run_bundle(["train.yaml"], *_train_args(manifest, tmp_path), cwd=tmp_path, threads=1)
     assert "skipping unreadable checkpoint" in log and "checkpoint_epoch=2.pt" in log
     assert "at epoch 1, iteration" in log and "finished at epoch 2" in log
     a = _weights(ckpts / "checkpoint_epoch=2.pt")

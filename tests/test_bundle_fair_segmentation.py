@@ -493,14 +493,16 @@ def test_kill_while_writing_a_checkpoint_then_resume_matches_an_uninterrupted_ru
     """Killed half-way through writing the epoch-2 checkpoint, the rerun resumes from epoch 1 and ends with
     the weights of an uninterrupted run."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run(_bundle_cmd("train.yaml", phantom, whole, epochs=2), tmp_path)
+    # compared bit for bit, so one CPU thread: multi-threaded kernels may sum in a thread-dependent order
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    _run(_bundle_cmd("train.yaml", phantom, whole, epochs=2), tmp_path, **one_thread)
     args = _bundle_cmd("train.yaml", phantom, killed, epochs=2)[2:]  # without "-m monai.bundle"
     script = Path(__file__).resolve().parent / "kill_at_write.py"
-    env = {**os.environ, "KILL_AT": "checkpoint_epoch=2"}
+    env = {**os.environ, "KILL_AT": "checkpoint_epoch=2", **one_thread}
     proc = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 17, proc.stderr[-3000:]
     assert [p.name for p in (killed / "checkpoints").glob("checkpoint*.pt")] == ["checkpoint_epoch=1.pt"]
-    log = _run(_bundle_cmd("train.yaml", phantom, killed, epochs=2), tmp_path)
+    log = _run(_bundle_cmd("train.yaml", phantom, killed, epochs=2), tmp_path, **one_thread)
     assert "resumed from" in log.stdout + log.stderr
     a = torch.load(killed / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
     b = torch.load(whole / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
