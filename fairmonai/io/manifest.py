@@ -235,7 +235,8 @@ def check_row(
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"value {value!r} is not a number", path=path, row=row, field=col)
         if math.isnan(value) or math.isinf(value) or value < 0:
-            raise InputError(f"value {value!r} is negative, NaN or infinite", path=path, row=row, field=col)
+            what = "NaN" if math.isnan(value) else "infinite" if math.isinf(value) else "negative"
+            raise InputError(f"value {value!r} is {what}", path=path, row=row, field=col)
         if not lo <= value <= hi:
             raise InputError(
                 f"value {value!r} is implausible: outside [{lo:g}, {hi:g}] (set other bounds with ranges=)",
