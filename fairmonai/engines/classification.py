@@ -58,6 +58,7 @@ from torch import nn
 from fairmonai.cohort import Cohort, GroupSpec
 from fairmonai.engines import results
 from fairmonai.engines.distributed import rank, world_size
+from fairmonai.engines.handlers import batch_field
 from fairmonai.metrics import (
     GroupMetricFrame,
     UndefinedMetricWarning,
@@ -353,13 +354,7 @@ def classification_table(
         if len(values) != y.shape[0]:
             raise ValueError(f"attribute {a!r} has {len(values)} values for {y.shape[0]} samples")
     levels = {str(k): [str(v) for v in vals] for k, vals in (levels or {}).items()}
-    if int(n_boot) < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    bootstrap = (
-        {"n_boot": int(n_boot), "ci_quantiles": tuple(ci_quantiles), "random_state": int(random_state)}
-        if int(n_boot) > 0
-        else None
-    )
+    bootstrap = results.bootstrap_settings(n_boot, ci_quantiles, random_state)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
         table: dict[str, Any] = {
@@ -376,7 +371,7 @@ def classification_table(
             "attributes": {},
         }
         if bootstrap:
-            table["bootstrap"] = {**bootstrap, "ci_quantiles": list(bootstrap["ci_quantiles"]), "resample": "group"}
+            table["bootstrap"] = results.bootstrap_record(bootstrap)
             table["overall"].update(_overall_intervals(y, pred, score, classes, bootstrap))
         for a, values in columns.items():
             order = _order(values, levels.get(a))
@@ -413,16 +408,6 @@ def table_scalars(table: Mapping[str, Any], prefix: str = "") -> dict[str, float
 
 
 # ============================================================================================ collection
-def _field(container: Any, key: str) -> Any:
-    """``container[key]`` of a collated batch (dict) or the list of it over a decollated one (list of dicts)."""
-    if isinstance(container, Mapping):
-        return container.get(key)
-    if isinstance(container, list | tuple) and container and all(isinstance(c, Mapping) for c in container):
-        values = [c.get(key) for c in container]
-        return None if all(v is None for v in values) else values
-    return None
-
-
 def _as_batch(value: Any) -> torch.Tensor | None:
     if value is None:
         return None
@@ -542,16 +527,16 @@ class ClassificationFairnessHandler:
 
     def collect(self, engine: Engine) -> None:
         """Keep the current batch's probabilities, labels, ids and group levels."""
-        self.add(_field(engine.state.output, "pred"), engine.state.output, engine.state.batch)
+        self.add(batch_field(engine.state.output, "pred"), engine.state.output, engine.state.batch)
 
     def add(self, pred: Any, output: Any, batch: Any) -> None:
         logits = _as_batch(pred)
         if logits is None:
             raise KeyError("the engine output has no 'pred' entry")
         n = logits.shape[0]
-        labels = _as_batch(_field(output, self.label_key))
+        labels = _as_batch(batch_field(output, self.label_key))
         if labels is None:
-            labels = _as_batch(_field(batch, self.label_key))
+            labels = _as_batch(batch_field(batch, self.label_key))
         probs = _probabilities(logits)
         if probs.shape[1] != self.num_classes:
             raise ValueError(f"the network gives {probs.shape[1]} class scores but num_classes is {self.num_classes}")
@@ -559,10 +544,10 @@ class ClassificationFairnessHandler:
         if labels is not None:
             labels = labels.reshape(n, -1)[:, 0] if labels.numel() == n else labels.reshape(n, -1).argmax(dim=1)
             self._labels.append(labels.cpu().numpy().astype(np.int64))
-        ids = _field(batch, self.id_key)
+        ids = batch_field(batch, self.id_key)
         ids = list(ids) if ids is not None else [str(len(self._ids) + i) for i in range(n)]
         self._ids.extend(str(i) for i in ids)
-        columns = _columns(_field(batch, self.attributes_key))
+        columns = _columns(batch_field(batch, self.attributes_key))
         wanted = self.attributes if self.attributes is not None else [a for a in columns if a != "label"]
         for a in wanted:
             if a not in columns:

@@ -24,10 +24,11 @@ from torch import nn
 
 from fairmonai.io.atomic import atomic_write
 
-__all__ = ["ProgressBar", "TensorBoardStatsHandler", "TrainingHistory", "engine_loss", "to_device"]
+__all__ = ["ProgressBar", "TensorBoardStatsHandler", "TrainingHistory", "batch_field", "engine_loss", "to_device"]
 
 
-def _field(container: Any, key: str) -> Any:
+def batch_field(container: Any, key: str) -> Any:
+    """``container[key]`` of a collated batch (dict) or the list of it over a decollated one (list of dicts)."""
     if isinstance(container, Mapping):
         return container.get(key)
     if isinstance(container, list | tuple) and container and all(isinstance(c, Mapping) for c in container):
@@ -38,7 +39,7 @@ def _field(container: Any, key: str) -> Any:
 
 def engine_loss(output: Any) -> float | None:
     """The training loss of a trainer iteration as a float (collated or decollated MONAI output)."""
-    loss = _field(output, "loss")
+    loss = batch_field(output, "loss")
     if isinstance(loss, list):
         loss = loss[0]
     if loss is None:

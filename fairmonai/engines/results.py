@@ -28,7 +28,34 @@ import torch
 
 from fairmonai.io.atomic import atomic_write
 
-__all__ = ["json_ready", "write_json", "write_metrics_json", "write_rows_csv", "csv_cell", "ResultsWriter"]
+__all__ = [
+    "bootstrap_settings",
+    "bootstrap_record",
+    "json_ready",
+    "write_json",
+    "write_metrics_json",
+    "write_rows_csv",
+    "csv_cell",
+    "ResultsWriter",
+]
+
+
+def bootstrap_settings(n_boot: int, ci_quantiles: Sequence[float], random_state: int) -> dict[str, Any] | None:
+    """The ``GroupMetricFrame`` bootstrap arguments of an evaluation table, or None for ``n_boot == 0``."""
+    if int(n_boot) < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if int(n_boot) == 0:
+        return None
+    return {
+        "n_boot": int(n_boot),
+        "ci_quantiles": tuple(float(q) for q in ci_quantiles),
+        "random_state": int(random_state),
+    }
+
+
+def bootstrap_record(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """How the intervals of a table were made, for its JSON: records resampled within each group."""
+    return {**settings, "ci_quantiles": list(settings["ci_quantiles"]), "resample": "group"}
 
 
 def json_ready(value: Any) -> Any:

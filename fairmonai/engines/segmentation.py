@@ -291,15 +291,9 @@ def summarise_segmentation(
         scalars[f"mean_{kind}"] = _mean([table["overall"][kind][c] for c in key_classes])
     table["overall"]["mean_dice"] = scalars["mean_dice"]
     table["overall"]["mean_iou"] = scalars["mean_iou"]
-    if int(n_boot) < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    bootstrap = (
-        {"n_boot": int(n_boot), "ci_quantiles": tuple(ci_quantiles), "random_state": int(random_state)}
-        if int(n_boot) > 0
-        else None
-    )
+    bootstrap = results.bootstrap_settings(n_boot, ci_quantiles, random_state)
     if bootstrap:
-        table["bootstrap"] = {**bootstrap, "ci_quantiles": list(bootstrap["ci_quantiles"]), "resample": "group"}
+        table["bootstrap"] = results.bootstrap_record(bootstrap)
         table["overall"]["ci"] = _intervals(rows, ["all"] * len(rows), classes, bootstrap)["all"]
 
     es_short: dict[str, list[float]] = {kind: [] for kind in _KINDS}
