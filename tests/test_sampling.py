@@ -202,6 +202,13 @@ def test_ddpm_on_a_subset_matches_diffusers_respaced_ddpm():
     assert_match(sample(model, ddpm, x_T.clone(), generator=gen(4)), expected)
 
 
+def test_stock_monai_ddpm_on_a_subset_of_steps_is_refused():
+    stock = DDPMScheduler(1000, clip_sample=False)
+    stock.set_timesteps(100)
+    with pytest.raises(ValueError, match="cannot sample on 100 of its 1000 timesteps.*make_scheduler\\('ddpm'"):
+        sample(GaussianDataDenoiser(stock, 1.0, 0.5), stock, noise())
+
+
 def test_sampling_is_deterministic_for_a_seed_and_differs_across_seeds():
     model = unet()
     ddpm = make_scheduler("ddpm", train_scheduler(), 10)

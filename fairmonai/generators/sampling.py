@@ -460,6 +460,13 @@ def sample(
         progress: show a tqdm progress bar.
         generator: draws the noise of stochastic steps (DDPM, DDIM with eta > 0, SDE-DPM-Solver++).
     """
+    if type(scheduler) is DDPMScheduler and len(scheduler.timesteps) < scheduler.num_train_timesteps:
+        # MONAI's DDPMScheduler.step always steps t -> t-1: on a subset of timesteps it returns noisy samples
+        raise ValueError(
+            f"MONAI's DDPMScheduler cannot sample on {len(scheduler.timesteps)} of its "
+            f"{scheduler.num_train_timesteps} timesteps (its step always goes from t to t-1); use "
+            "make_scheduler('ddpm', train_scheduler, num_inference_steps) instead"
+        )
     guided = guidance_scale != 1.0
     batch = noise.shape[0]
     if guided:
