@@ -24,8 +24,14 @@ def small_cohort(spec: GroupSpec = SPEC) -> Cohort:
     records = []
     for (sex, age), n in SIZES.items():
         for i in range(n):
-            records.append(Record(id=f"R{sex}{age}-{i}", image=f"/nowhere/{sex}{age}-{i}", label=i % 2,
-                                  attributes={"sex": sex, "age": age + i * 0.5}))
+            records.append(
+                Record(
+                    id=f"R{sex}{age}-{i}",
+                    image=f"/nowhere/{sex}{age}-{i}",
+                    label=i % 2,
+                    attributes={"sex": sex, "age": age + i * 0.5},
+                )
+            )
     return Cohort(records, spec)
 
 
@@ -49,8 +55,19 @@ def main(out_dir: str, layout: str = "cine") -> None:
 
     init_distributed("gloo")
     try:
-        Synthesizer(small_cohort(), SPEC, "largest", out_dir, fake_generate, seed=7, batch_size=2, layout=layout,
-                    generator_name="fake", generator_version="0.1.0", progress=False).run()
+        Synthesizer(
+            small_cohort(),
+            SPEC,
+            "largest",
+            out_dir,
+            fake_generate,
+            seed=7,
+            batch_size=2,
+            layout=layout,
+            generator_name="fake",
+            generator_version="0.1.0",
+            progress=False,
+        ).run()
     finally:
         torch.distributed.destroy_process_group()
 

@@ -17,8 +17,6 @@ import pytest
 from synthesis_worker import SPEC, fake_generate, small_cohort
 
 from fairmonai.cohort import Cohort, GroupSpec, Record
-from fairmonai.errors import InputError
-from fairmonai.io.atomic import OutputExistsError
 from fairmonai.engines.synthesis import (
     RECORD_FILE,
     SUMMARY_FILE,
@@ -29,6 +27,8 @@ from fairmonai.engines.synthesis import (
     representative_values,
     resolve_targets,
 )
+from fairmonai.errors import InputError
+from fairmonai.io.atomic import OutputExistsError
 
 WORKER = Path(__file__).resolve().parent / "synthesis_worker.py"
 SETTINGS = {"seed": 7, "generator_name": "fake", "generator_version": "0.1.0", "progress": False}
@@ -56,17 +56,39 @@ def test_item_seeds_are_a_stable_hash_of_run_seed_group_and_index():
     payload = json.dumps(["fairmonai-synthesis", 7, "sex=F, age=<60", 3]).encode()
     expected = int(hashlib.sha256(payload).hexdigest()[:16], 16) & ((1 << 63) - 1)
     assert derive_seed(7, "sex=F, age=<60", 3) == expected  # not hash(): the same in every process
-    others = {derive_seed(8, "sex=F, age=<60", 3), derive_seed(7, "sex=M, age=<60", 3), derive_seed(7, "sex=F, age=<60", 4)}
+    others = {
+        derive_seed(8, "sex=F, age=<60", 3),
+        derive_seed(7, "sex=M, age=<60", 3),
+        derive_seed(7, "sex=F, age=<60", 4),
+    }
     assert expected not in others and len(others) == 3
 
 
 @pytest.mark.parametrize(
     "target, expected",
     [
-        ("largest", {("F", "<60"): 0, ("F", "60-70"): 3, ("F", ">=70"): 4, ("M", "<60"): 2, ("M", "60-70"): 1,
-                     ("M", ">=70"): 5}),
-        (3, {("F", "<60"): 0, ("F", "60-70"): 1, ("F", ">=70"): 2, ("M", "<60"): 0, ("M", "60-70"): 0,
-             ("M", ">=70"): 3}),
+        (
+            "largest",
+            {
+                ("F", "<60"): 0,
+                ("F", "60-70"): 3,
+                ("F", ">=70"): 4,
+                ("M", "<60"): 2,
+                ("M", "60-70"): 1,
+                ("M", ">=70"): 5,
+            },
+        ),
+        (
+            3,
+            {
+                ("F", "<60"): 0,
+                ("F", "60-70"): 1,
+                ("F", ">=70"): 2,
+                ("M", "<60"): 0,
+                ("M", "60-70"): 0,
+                ("M", ">=70"): 3,
+            },
+        ),
         ({"sex=M, age=>=70": 2, ("F", ">=70"): 4, "sex=F, age=<60": 1}, {("F", ">=70"): 3, ("M", ">=70"): 2}),
     ],
     ids=["largest", "N", "table"],
@@ -107,7 +129,9 @@ def test_representative_values_fall_in_their_bands_and_overrides_are_checked():
 
 def test_bad_target_tables_are_refused_with_the_known_groups():
     cohort = small_cohort()
-    with pytest.raises(InputError, match=r"names group 'sex=X, age=<60'.*known groups: sex=F, age=<60; .*sex=M, age=>=70"):
+    with pytest.raises(
+        InputError, match=r"names group 'sex=X, age=<60'.*known groups: sex=F, age=<60; .*sex=M, age=>=70"
+    ):
         resolve_targets(cohort, {"sex=X, age=<60": 3})
     with pytest.raises(InputError, match=r"names group \('F', '80-90'\)"):
         resolve_targets(cohort, {("F", "80-90"): 3})
@@ -123,8 +147,9 @@ def test_bad_target_tables_are_refused_with_the_known_groups():
 
 # ---------------------------------------------------------------------------------------------- masks
 def test_masks_come_from_the_group_else_from_the_nearest_group_of_the_same_label():
-    spec = GroupSpec(("sex", "age"), bins={"age": (60, 70)}, categories={"sex": ("F", "M")}, include_label=True,
-                     labels=("0", "1"))
+    spec = GroupSpec(
+        ("sex", "age"), bins={"age": (60, 70)}, categories={"sex": ("F", "M")}, include_label=True, labels=("0", "1")
+    )
     rows = [("a", "M", 75, 0), ("b", "M", 65, 1), ("c", "M", 66, 1), ("d", "F", 50, 1), ("e", "F", 52, 1)]
     cohort = Cohort([Record(i, f"/x/{i}", label=y, attributes={"sex": s, "age": a}) for i, s, a, y in rows], spec)
     own = {mask_source(cohort, ("F", "<60", "1"), seed).record.id for seed in range(20)}
@@ -133,7 +158,9 @@ def test_masks_come_from_the_group_else_from_the_nearest_group_of_the_same_label
     picks = [mask_source(cohort, ("M", ">=70", "1"), seed) for seed in range(20)]
     assert {p.record.id for p in picks} == {"b", "c"}
     assert all(p.nearest and p.group == ("M", "60-70", "1") for p in picks)
-    assert mask_source(cohort, ("M", ">=70", "1"), 5) == mask_source(cohort.subset([4, 3, 2, 1, 0]), ("M", ">=70", "1"), 5)
+    assert mask_source(cohort, ("M", ">=70", "1"), 5) == mask_source(
+        cohort.subset([4, 3, 2, 1, 0]), ("M", ">=70", "1"), 5
+    )
 
 
 def test_reused_masks_are_recorded(tmp_path):
@@ -220,14 +247,26 @@ def volume_generate(requests):
     out = []
     for q in requests:
         rng = np.random.default_rng(q.seed)
-        out.append(SampleResult(image=rng.normal(100, 20, (3, 6, 5)), mask=rng.integers(0, 3, (3, 6, 5)),
-                                spacing=(0.8, 0.7, 2.0), extra={"modality": "MR"}))
+        out.append(
+            SampleResult(
+                image=rng.normal(100, 20, (3, 6, 5)),
+                mask=rng.integers(0, 3, (3, 6, 5)),
+                spacing=(0.8, 0.7, 2.0),
+                extra={"modality": "MR"},
+            )
+        )
     return out
 
 
 def test_dicom_on_request_is_marked_synthetic_and_names_no_source(tmp_path):
-    s = synth(tmp_path / "a", target={"sex=M, age=>=70": 2}, generate=volume_generate, layout="image", fmt="dicom",
-              reuse_masks=True)
+    s = synth(
+        tmp_path / "a",
+        target={"sex=M, age=>=70": 2},
+        generate=volume_generate,
+        layout="image",
+        fmt="dicom",
+        reuse_masks=True,
+    )
     path = s.run()
     rec = Cohort.from_manifest(path, SPEC)[0]
     slices = sorted(Path(rec.image).glob("slice-*.dcm"))
@@ -239,10 +278,19 @@ def test_dicom_on_request_is_marked_synthetic_and_names_no_source(tmp_path):
     for identifier in (rec.id, rec.extra["source_id"], str(tmp_path)):
         assert identifier not in header
     assert str(ds.PatientName).startswith("SYNTHETIC^") and ds.PatientID.startswith("SYN-")
-    np.testing.assert_allclose(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
-                               volume_generate(s.plan()[:1])[0].image[0], atol=0.01)
-    again = synth(tmp_path / "b", target={"sex=M, age=>=70": 2}, generate=volume_generate, layout="image",
-                  fmt="dicom", reuse_masks=True).run()
+    np.testing.assert_allclose(
+        ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
+        volume_generate(s.plan()[:1])[0].image[0],
+        atol=0.01,
+    )
+    again = synth(
+        tmp_path / "b",
+        target={"sex=M, age=>=70": 2},
+        generate=volume_generate,
+        layout="image",
+        fmt="dicom",
+        reuse_masks=True,
+    ).run()
     assert tree(path.parent) == tree(again.parent)  # deterministic UIDs: a rerun elsewhere writes the same bytes
 
 
@@ -285,14 +333,29 @@ def test_fair_classifier_takes_the_synthetic_manifest_as_it_is(phantom, tmp_path
     spec = GroupSpec.cardiac()
     training = Cohort.from_manifest(phantom, spec).split("training")
     table = {"sex=F, age=<60, bmi=>=30, label=1": 2, "sex=M, age=>=70, bmi=25-30, label=1": 4}
-    s = Synthesizer(training, spec, table, tmp_path / "syn", lambda q: fake_generate(q, size=64), reuse_masks=True,
-                    layout="cine", **SETTINGS)
+    s = Synthesizer(
+        training,
+        spec,
+        table,
+        tmp_path / "syn",
+        lambda q: fake_generate(q, size=64),
+        reuse_masks=True,
+        layout="cine",
+        **SETTINGS,
+    )
     manifest = s.run()
     configs = Path(__file__).resolve().parents[1] / "bundles" / "fair_classifier" / "configs"
     parser = ConfigParser()
     parser.read_config(str(configs / "train.yaml"))
-    parser.update({"bundle_root": str(configs.parent), "manifest": str(phantom), "synthetic_manifest": str(manifest),
-                   "output_dir": str(tmp_path / "eval"), "cache": "none"})
+    parser.update(
+        {
+            "bundle_root": str(configs.parent),
+            "manifest": str(phantom),
+            "synthetic_manifest": str(manifest),
+            "output_dir": str(tmp_path / "eval"),
+            "cache": "none",
+        }
+    )
     cohorts = parser.get_parsed_content("cohorts")
     train = cohorts["training"]
     synthetic = [i for i, r in enumerate(train) if r.synthetic]
@@ -301,10 +364,44 @@ def test_fair_classifier_takes_the_synthetic_manifest_as_it_is(phantom, tmp_path
     dataset = parser.get_parsed_content("train#dataset")
     items = parser.get_parsed_content("train#items")
     k = synthetic[-1]
-    assert items[k]["label"] == 1 and items[k]["attributes"] == dict(zip(spec.key_fields, s.plan()[-1].group))
+    levels = dict(zip(spec.key_fields, s.plan()[-1].group, strict=True))
+    assert items[k]["label"] == 1 and items[k]["attributes"] == levels
     expected = fake_generate(s.plan()[-1:], size=64)[0]
     low, high = expected.image[:2].min(), expected.image[:2].max()
     for j in range(dataset.samples_per_record):  # every one of the 9 training neighbours is the generated sample
         sample = dataset[k * dataset.samples_per_record + j]
         np.testing.assert_allclose(np.asarray(sample["image"]), (expected.image - low) / (high - low), atol=1e-6)
         assert np.array_equal(np.asarray(sample["mask"]), expected.mask)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="fair_classifier's training items differ in keys between real and synthetic records (real ones keep "
+    "'split', synthetic ones carry generator / generator_version / seed / source_id), and MONAI's collate takes the "
+    "first item's keys: a shuffled batch mixing both fails. Fix in fairmonai.engines.data.task_items",
+)
+def test_a_training_batch_mixes_real_and_synthetic_samples(phantom, tmp_path):
+    from monai.data import list_data_collate
+
+    from fairmonai.engines import build_dataset, load_cohorts, task_items
+    from fairmonai.losses.weighted import GroupIndexer
+
+    spec = GroupSpec.cardiac()
+    training = Cohort.from_manifest(phantom, spec).split("training")
+    manifest = Synthesizer(
+        training,
+        spec,
+        {"sex=F, age=<60, bmi=>=30, label=1": 1},
+        tmp_path / "syn",
+        lambda q: fake_generate(q, size=64),
+        layout="cine",
+        **SETTINGS,
+    ).run()
+    with pytest.warns(UserWarning):
+        train = load_cohorts(phantom, spec, manifest)["training"]
+    items = task_items(train, GroupIndexer.from_cohort(train))
+    dataset = build_dataset(items, "cine", training=True, cache="none")
+    k = next(i for i, r in enumerate(train) if r.synthetic)
+    batch = list_data_collate([dataset[9 * k], dataset[0]])
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["synthetic"].tolist() == [True, False]

@@ -361,6 +361,26 @@ def _distance(spec: GroupSpec, a: GroupKey, b: GroupKey) -> tuple[int, int]:
     return label_changes, steps
 
 
+def _mask_pool(cohort: Cohort, group: GroupKey, members: Mapping[GroupKey, list[int]]) -> tuple[list, tuple]:
+    """The ``(group, record)`` candidates of ``group`` (its own, else of the nearest groups) and their distance."""
+    spec = cohort._require_spec()
+    if not members:
+        raise EmptyGroupError(f"no record in {cohort.source or 'the cohort'} to reuse a mask from")
+    distances = {k: _distance(spec, group, k) for k in members}
+    best = min(distances.values())
+    pool = [
+        (k, cohort[i])
+        for k in sorted((k for k, d in distances.items() if d == best), key=spec.sort_key)
+        for i in sorted(members[k], key=lambda i: cohort[i].id)
+    ]
+    return pool, best
+
+
+def _pick(pool: Sequence[tuple[GroupKey, Record]], best: tuple[int, int], seed: int) -> MaskSource:
+    key, record = pool[_stable_int("fairmonai-mask-source", int(seed)) % len(pool)]
+    return MaskSource(record, key, best != (0, 0), best)
+
+
 def mask_source(cohort: Cohort, group: Sequence[str], seed: int) -> MaskSource:
     """Choose, from ``seed``, the real record whose mask a sample of ``group`` reuses.
 
@@ -372,20 +392,8 @@ def mask_source(cohort: Cohort, group: Sequence[str], seed: int) -> MaskSource:
     Raises:
         EmptyGroupError: the cohort has no record at all.
     """
-    spec = cohort._require_spec()
-    group = tuple(group)
-    members = cohort.group_indices()
-    if not members:
-        raise EmptyGroupError(f"no record in {cohort.source or 'the cohort'} to reuse a mask from")
-    distances = {k: _distance(spec, group, k) for k in members}
-    best = min(distances.values())
-    pool = [
-        (k, cohort[i])
-        for k in sorted((k for k, d in distances.items() if d == best), key=spec.sort_key)
-        for i in sorted(members[k], key=lambda i: cohort[i].id)
-    ]
-    key, record = pool[_stable_int("fairmonai-mask-source", int(seed)) % len(pool)]
-    return MaskSource(record, key, best != (0, 0), best)
+    pool, best = _mask_pool(cohort, tuple(group), cohort.group_indices())
+    return _pick(pool, best, seed)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -398,7 +406,7 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _affine(result: SampleResult, ndim: int) -> np.ndarray:
+def _affine(result: SampleResult) -> np.ndarray:
     if result.affine is not None:
         affine = _numpy(result.affine).astype(np.float64)
         if affine.shape != (4, 4):
@@ -489,7 +497,9 @@ class Synthesizer:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
         if layout == "cine" and fmt != "nifti":
-            raise ValueError("the cine layout is a UK Biobank-style NIfTI subject folder; fmt='dicom' needs layout='image'")
+            raise ValueError(
+                "the cine layout is a UK Biobank-style NIfTI subject folder; fmt='dicom' needs layout='image'"
+            )
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if Path(manifest).suffix.lower() not in (".csv", ".json") or Path(manifest).name != manifest:
@@ -555,6 +565,7 @@ class Synthesizer:
         spec, slugs = self.spec, self.slugs()
         values = representative_values(self.cohort, self.attribute_values)
         real_ids = {r.id for r in self.cohort}
+        members = self.cohort.group_indices() if self.reuse_masks else {}
         plan: list[SampleRequest] = []
         for key, n in self.missing().items():
             name = spec.name(key)
@@ -563,12 +574,13 @@ class Synthesizer:
             label = None
             if spec.include_label:
                 label = int(levels["label"]) if re.fullmatch(r"-?\d+", levels["label"]) else levels["label"]
+            pool = _mask_pool(self.cohort, key, members) if self.reuse_masks and n else None
             for i in range(n):
                 seed = derive_seed(self.seed, name, i)
                 record_id = f"syn-{slugs[key]}-{i:06d}"
                 if record_id in real_ids:
                     raise InputError(f"real record id {record_id!r} clashes with a synthetic id", field="id")
-                source = mask_source(self.cohort, key, seed) if self.reuse_masks else None
+                source = None if pool is None else _pick(*pool, seed)
                 plan.append(
                     SampleRequest(
                         group=key,
@@ -621,7 +633,8 @@ class Synthesizer:
             if row.get(col) in (None, ""):
                 continue
             path = folder / row[col]
-            files = [path / name for name in (CINE_FILE, *SEG_FILES.values())] if path == folder else [path]
+            # the cine layout's image is the item folder itself, a subject folder of three files
+            files = [path / name for name in (CINE_FILE, *SEG_FILES.values())] if row[col] == "." else [path]
             for f in files:
                 if f.is_dir():  # a DICOM series
                     slices = sorted(f.glob("slice-*.dcm"))
@@ -703,11 +716,16 @@ class Synthesizer:
             cine = np.repeat(frames[:, :, None, :], CINE_SLICES, axis=2)  # (x, y, slice, frame)
             labels = mask.astype(np.uint8)
             seg = {k: np.repeat(labels[c][:, :, None], CINE_SLICES, axis=2) for k, c in (("ed", 0), ("es", 1))}
-            affine = _affine(result, 3)
+            affine = _affine(result)
             write_synthetic_nifti(cine, tmp / CINE_FILE, affine=affine, **common)
             # the two segmentations go together (image + "mask" of one writer call): one atomic pair
             write_synthetic_nifti(
-                seg["ed"], tmp / SEG_FILES["ed"], mask=seg["es"], mask_path=tmp / SEG_FILES["es"], affine=affine, **common
+                seg["ed"],
+                tmp / SEG_FILES["ed"],
+                mask=seg["es"],
+                mask_path=tmp / SEG_FILES["es"],
+                affine=affine,
+                **common,
             )
             return {"image": "."}
         files: dict[str, str] = {}
@@ -719,13 +737,18 @@ class Synthesizer:
                 modality=self.modality,
                 pixel_spacing=(float(spacing[0]), float(spacing[1] if len(spacing) > 1 else spacing[0])),
                 slice_thickness=float(spacing[2]) if len(spacing) > 2 else 1.0,
-                uid_entropy=("fairmonai-synthesis", self.generator_name, self.generator_version, request.seed,
-                             request.record_id),
+                uid_entropy=(
+                    "fairmonai-synthesis",
+                    self.generator_name,
+                    self.generator_version,
+                    request.seed,
+                    request.record_id,
+                ),
                 **common,
             )
             files["image"] = "image"
             if mask is not None:
-                write_synthetic_nifti(_label_array(mask), tmp / "mask.nii.gz", affine=_affine(result, mask.ndim), **common)
+                write_synthetic_nifti(_label_array(mask), tmp / "mask.nii.gz", affine=_affine(result), **common)
                 files["mask"] = "mask.nii.gz"
             return files
         write_synthetic_nifti(
@@ -733,7 +756,7 @@ class Synthesizer:
             tmp / "image.nii.gz",
             mask=mask,
             mask_path=None if mask is None else tmp / "mask.nii.gz",
-            affine=_affine(result, image.ndim),
+            affine=_affine(result),
             **common,
         )
         files["image"] = "image.nii.gz"
@@ -761,7 +784,7 @@ class Synthesizer:
         if not 0 <= r < w:
             raise ValueError(f"rank {r} is outside world size {w}")
         mine = [q for q in self.plan() if q.position % w == r]
-        todo = [q for q in mine if not self.is_complete(q)]
+        todo = self.pending()
         totals: dict[GroupKey, int] = {}
         for q in mine:
             totals[q.group] = totals.get(q.group, 0) + 1
@@ -833,22 +856,32 @@ class Synthesizer:
             "generator": self.generator_name,
             "generator_version": self.generator_version,
             "seed": self.seed,
-            "target": self.target if isinstance(self.target, str | int) else {str(k): v for k, v in self.target.items()},
+            "target": self.target
+            if isinstance(self.target, str | int)
+            else {str(k): v for k, v in self.target.items()},
             "groups_spec": self.spec.to_dict(),
             "layout": self.layout,
             "format": self.fmt,
             "manifest": self.manifest_name,
             "groups": [
-                {"group": self.spec.name(k), "key": list(k), "real": counts.get(k, 0), "target": targets[k],
-                 "generated": missing[k]}
+                {
+                    "group": self.spec.name(k),
+                    "key": list(k),
+                    "real": counts.get(k, 0),
+                    "target": targets[k],
+                    "generated": missing[k],
+                }
                 for k in targets
             ],
         }
         if self.reuse_masks:
             out["mask_sources"] = [
-                {"id": q.record_id, "source_id": q.source.id if q.source else None,
-                 "source_group": self.spec.name(q.source_group) if q.source_group else None,
-                 "nearest_group": q.source_nearest}
+                {
+                    "id": q.record_id,
+                    "source_id": q.source.id if q.source else None,
+                    "source_group": self.spec.name(q.source_group) if q.source_group else None,
+                    "nearest_group": q.source_nearest,
+                }
                 for q in self.plan()
             ]
         return out
@@ -865,7 +898,7 @@ class _GroupBars:
         if not self.enabled:
             return
         if key not in self.bars:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             for other in list(self.bars):
                 self.bars.pop(other).close()
