@@ -1,7 +1,8 @@
 """A small deterministic fake generator and cohort for the synthesiser's tests, and their torchrun entry point.
 
-``python -m torch.distributed.run --nproc_per_node=W tests/synthesis_worker.py OUT_DIR [LAYOUT]`` makes the
-synthetic set of :func:`small_cohort` with :func:`fake_generate` on W gloo processes.
+``python -m torch.distributed.run --nproc_per_node=W tests/synthesis_worker.py OUT_DIR`` makes the synthetic
+set of :func:`small_cohort` with :func:`fake_generate` on W gloo processes; ``python tests/synthesis_worker.py
+OUT_DIR N`` makes it in one process that is SIGKILLed in the middle of its N-th NIfTI write.
 """
 
 from __future__ import annotations
@@ -48,26 +49,52 @@ def fake_generate(requests: list[SampleRequest], size: int = SIZE) -> list[Sampl
     return out
 
 
-def main(out_dir: str, layout: str = "cine") -> None:
+def synthesizer(out_dir: str, **kw) -> Synthesizer:
+    """The synthesiser every test and the worker run: the largest-group target of :func:`small_cohort`."""
+    settings = {
+        "seed": 7,
+        "batch_size": 2,
+        "layout": "cine",
+        "generator_name": "fake",
+        "generator_version": "0.1.0",
+        "progress": False,
+        **kw,
+    }
+    return Synthesizer(small_cohort(), SPEC, "largest", out_dir, fake_generate, **settings)
+
+
+def kill_at_write(n: int) -> None:
+    """SIGKILL this process in the middle of the ``n``-th NIfTI write (a half-written item folder is left)."""
+    import os
+    import signal
+
+    from fairmonai.engines import synthesis
+
+    write, calls = synthesis.write_synthetic_nifti, []
+
+    def dying(*args, **kwargs):
+        record = write(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return record
+
+    synthesis.write_synthetic_nifti = dying
+
+
+def main(out_dir: str, kill_at: str | None = None) -> None:
+    """Under torchrun: one rank of the synthesis; with ``kill_at``: one process killed at that NIfTI write."""
+    if kill_at is not None:
+        kill_at_write(int(kill_at))
+        synthesizer(out_dir).run()
+        return
     import torch
 
     from fairmonai.engines.distributed import init_distributed
 
     init_distributed("gloo")
     try:
-        Synthesizer(
-            small_cohort(),
-            SPEC,
-            "largest",
-            out_dir,
-            fake_generate,
-            seed=7,
-            batch_size=2,
-            layout=layout,
-            generator_name="fake",
-            generator_version="0.1.0",
-            progress=False,
-        ).run()
+        synthesizer(out_dir).run()
     finally:
         torch.distributed.destroy_process_group()
 

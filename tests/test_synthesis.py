@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from synthesis_worker import SPEC, fake_generate, small_cohort
+from synthesis_worker import SPEC, fake_generate, small_cohort, synthesizer
 
 from fairmonai.cohort import Cohort, GroupSpec, Record
 from fairmonai.engines.synthesis import (
@@ -228,6 +228,19 @@ def test_ranks_make_their_share_and_rank_0_refuses_to_merge_an_incomplete_set(tm
     synth(out, rank=1, world_size=3).run()
     synth(out, rank=0, world_size=3).merge()
     assert tree(out) == tree(synth(tmp_path / "one").run().parent)
+
+
+def test_a_process_killed_in_the_middle_of_an_item_leaves_a_set_that_a_rerun_completes(tmp_path):
+    whole = synthesizer(tmp_path / "whole").run().parent
+    killed = tmp_path / "killed"
+    # the 2nd write of item 3 (a cine item is two writer calls: the cine, then its two segmentations)
+    done = subprocess.run([sys.executable, str(WORKER), str(killed), "6"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stdout + done.stderr
+    leftovers = [p.name for p in killed.rglob(".*")]
+    assert len(leftovers) == 1 and leftovers[0].endswith(".tmp")  # the half-written item, never renamed in
+    assert len(list(killed.glob("*/syn-*"))) == 2
+    synthesizer(killed).run()
+    assert tree(killed) == tree(whole)  # the dead writer's temporary folder is gone, the item made whole
 
 
 @pytest.mark.slow

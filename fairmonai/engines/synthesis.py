@@ -858,7 +858,7 @@ class Synthesizer:
             "seed": self.seed,
             "target": self.target
             if isinstance(self.target, str | int)
-            else {str(k): v for k, v in self.target.items()},
+            else {k if isinstance(k, str) else self.spec.name(k): v for k, v in self.target.items()},
             "groups_spec": self.spec.to_dict(),
             "layout": self.layout,
             "format": self.fmt,
