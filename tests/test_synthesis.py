@@ -172,6 +172,11 @@ def test_reused_masks_are_recorded(tmp_path):
     sources = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["mask_sources"]
     nearest = {m["id"]: m["nearest_group"] for m in sources}
     assert all(nearest[q.record_id] == (q.group == ("M", ">=70")) for q in s.plan())
+    # the manifest names the group each mask came from (a reserved column, not a sensitive attribute)
+    by_id = {r.id: r for r in synthetic}
+    for q in s.plan():
+        rec = by_id[q.record_id]
+        assert rec.extra["source_group"] == SPEC.name(q.source_group) and "source_group" not in rec.attributes
 
 
 # ---------------------------------------------------------------------------------------------- resume, ranks
@@ -387,13 +392,6 @@ def test_fair_classifier_takes_the_synthetic_manifest_as_it_is(phantom, tmp_path
         assert np.array_equal(np.asarray(sample["mask"]), expected.mask)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="fair_classifier's training items differ in keys between real and synthetic records (real ones keep "
-    "'split', synthetic ones carry generator / generator_version / seed / source_id), and MONAI's collate takes the "
-    "first item's keys: a shuffled batch mixing both fails. Fix in fairmonai.engines.data.task_items",
-)
 def test_a_training_batch_mixes_real_and_synthetic_samples(phantom, tmp_path):
     from monai.data import list_data_collate
 

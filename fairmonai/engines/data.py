@@ -83,11 +83,19 @@ def load_cohorts(
     return splits
 
 
+#: record fields a datalist item keeps (what the loading pipelines read); the rest of a record (split,
+#: generator, seed, source_id, flat attribute columns, ...) stays out, so that real and synthetic records,
+#: whose manifests carry different columns, give items with the same keys and collate into one batch
+ITEM_FIELDS = ("id", "image", "mask", "label", "synthetic", "ed_frame", "es_frame", "seg_ed", "seg_es")
+
+
 def task_items(cohort: Cohort, indexer: GroupIndexer, task: str = "classification") -> list[dict[str, Any]]:
     """Datalist items for a task: ``group`` index, per-attribute levels, and the target under ``label``.
 
-    Classification: ``label`` is the record's class index. Segmentation: ``label`` is the mask path
-    and the class label (if any) moves to ``class_label``.
+    Items keep the :data:`ITEM_FIELDS` of their record, ``group`` (the index of the group key) and
+    ``attributes`` (the binned level of every grouping attribute). Classification: ``label`` is the
+    record's class index. Segmentation: ``label`` is the mask path and the class label (if any) moves
+    to ``class_label``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -96,7 +104,7 @@ def task_items(cohort: Cohort, indexer: GroupIndexer, task: str = "classificatio
         raise ValueError("the cohort needs a GroupSpec")
     items = []
     for i, (rec, key) in enumerate(zip(cohort, cohort.keys(), strict=True)):
-        item = rec.to_dict()
+        item = {k: v for k, v in rec.to_dict().items() if k in ITEM_FIELDS}
         item[GROUP_KEY] = indexer.index(key)
         item["attributes"] = dict(zip(spec.key_fields, key, strict=True))
         if task == "classification":

@@ -63,9 +63,9 @@ record whose mask conditions the sample, chosen by :func:`mask_source` from the 
 the target group, or, when that group has no real subject, of the nearest group (fewest label
 changes first, then the smallest attribute distance: steps between ordered bands plus one per
 differing category). The manifest carries the ``source_id``; whether it came from a nearest group
-(and which) is in ``synthesis.json`` (and in a ``source_group`` column once that column is reserved
-in :data:`fairmonai.io.manifest.NON_ATTRIBUTE_COLUMNS`, so that readers do not take it for a
-sensitive attribute).
+(and which) is in ``synthesis.json`` and in the manifest's ``source_group`` column (reserved in
+:data:`fairmonai.io.manifest.NON_ATTRIBUTE_COLUMNS`, so that readers do not take it for a sensitive
+attribute).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ from fairmonai.engines.distributed import world_size as dist_world_size
 from fairmonai.errors import EmptyGroupError, InputError
 from fairmonai.io.atomic import OutputExistsError, atomic_directory, atomic_write
 from fairmonai.io.cine import CARDIAC_LABELS, CINE_FILE, SEG_FILES
-from fairmonai.io.manifest import NON_ATTRIBUTE_COLUMNS, PATH_COLUMNS, record_from_row, write_manifest
+from fairmonai.io.manifest import PATH_COLUMNS, record_from_row, write_manifest
 from fairmonai.io.writers import (
     is_synthetic_dicom_file,
     synthetic_marker,
@@ -669,8 +669,7 @@ class Synthesizer:
         )
         if request.source is not None:
             row["source_id"] = request.source.id
-            if _SOURCE_GROUP in NON_ATTRIBUTE_COLUMNS:  # a reserved column: readers do not take it for an attribute
-                row[_SOURCE_GROUP] = self.spec.name(request.source_group)
+            row[_SOURCE_GROUP] = self.spec.name(request.source_group)
         if self.layout == "cine":
             row.update(ed_frame=CINE_ED_FRAME, es_frame=CINE_ES_FRAME)
         for name, value in dict(result.extra).items():

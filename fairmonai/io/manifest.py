@@ -74,6 +74,7 @@ NON_ATTRIBUTE_COLUMNS = frozenset(
         "generator_version",
         "seed",
         "source_id",
+        "source_group",
         "prompt",
         "ed_frame",
         "es_frame",
