@@ -51,7 +51,7 @@ from fairmonai.engines.distributed import rank
 from fairmonai.engines.handlers import ProgressBar, TensorBoardStatsHandler
 from fairmonai.generators.conditioning import CONDITION_KEY, AttributeEmbedding, AttributeEncoder
 from fairmonai.io.atomic import atomic_write
-from fairmonai.losses.diffusion import per_sample_mse
+from fairmonai.losses.diffusion import DiffusionMSELoss, per_sample_mse
 from fairmonai.losses.weighted import GROUP_KEY, all_reduce_sum
 
 __all__ = [
@@ -494,8 +494,10 @@ class DiffusionTraining:
 
 
 def _resolve_loss(loss: str | Callable | None, options: Mapping[str, Any] | None) -> Any:
-    if loss is None or isinstance(loss, str):
-        return registry.create("loss", loss or "diffusion_mse", **dict(options or {}))
+    if loss is None:  # the built-in diffusion_mse, without a registry look-up
+        return DiffusionMSELoss(**dict(options or {}))
+    if isinstance(loss, str):
+        return registry.create("loss", loss, **dict(options or {}))
     if options:
         raise ValueError("loss_options are for a loss given by name")
     return loss
@@ -510,7 +512,7 @@ def build_diffusion_trainer(
     lr: float = 1e-4,
     max_epochs: int = 1,
     device: str | torch.device = "cpu",
-    loss: str | Callable | None = "diffusion_mse",
+    loss: str | Callable | None = None,
     loss_options: Mapping[str, Any] | None = None,
     encoder: AttributeEncoder | None = None,
     condition_dropout: float = 0.1,
@@ -546,7 +548,8 @@ def build_diffusion_trainer(
         train_loader: batches with ``image``, ``GROUP_KEY`` and ``attributes`` (or ``condition``); any sampler.
         scheduler: the MONAI noise scheduler (``DDPMScheduler``) of training.
         optimizer: default ``AdamW(network.parameters(), lr)``.
-        loss: a ``loss`` plugin name (default ``diffusion_mse``) or a callable with the hook's call signature.
+        loss: a ``loss`` plugin name (``diffusion_mse``, ...), a callable with the hook's call signature, or
+            None for :class:`~fairmonai.losses.diffusion.DiffusionMSELoss` (``loss_options`` are its arguments).
         encoder: the attribute levels (default: the network's own embedding's encoder); None = unconditioned.
         condition_dropout: classifier-free dropout probability (per sample, drawn from ``seed``).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample`` (as the scheduler's ``prediction_type``).
