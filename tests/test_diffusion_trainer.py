@@ -271,3 +271,83 @@ def test_a_conditioned_trainer_needs_an_embedding(phantom):
     unet = _denoiser(phantom["encoder"]).unet
     with pytest.raises(ValueError, match="needs a ConditionedDenoiser"):
         build_diffusion_trainer(unet, [], DDPMScheduler(num_train_timesteps=10), encoder=phantom["encoder"])
+
+
+def test_latent_diffusion_trains_on_the_frozen_autoencoders_latents(phantom):
+    from monai.networks.nets import AutoencoderKL
+
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=3,
+        channels=(8, 8),
+        latent_channels=4,
+        num_res_blocks=1,
+        norm_num_groups=8,
+        attention_levels=(False, False),
+    )
+    frozen = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    unet = DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=4,
+        out_channels=4,
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        num_head_channels=8,
+        norm_num_groups=8,
+        with_conditioning=True,
+        cross_attention_dim=DIM,
+    )
+    run = build_diffusion_trainer(
+        ConditionedDenoiser.build(unet, phantom["encoder"]),
+        _loader(phantom["dataset"], batch_size=12),
+        DDPMScheduler(num_train_timesteps=100),
+        autoencoder=autoencoder,
+        scale_factor=0.5,
+        max_epochs=1,
+    )
+    run.run()
+    assert run.trainer.state.output["image"].shape == (12, 4, 8, 8)  # the diffusion model saw latents
+    assert run.trainer.state.output["pred"].shape == (12, 4, 8, 8)
+    assert all(torch.equal(v, frozen[k]) for k, v in autoencoder.state_dict().items())
+
+
+def test_controlnet_trains_with_the_denoiser_frozen(phantom):
+    from monai.networks.nets import ControlNet
+
+    denoiser = _denoiser(phantom["encoder"])
+    # stands in for a trained denoiser: MONAI zero-initialises the UNet's output convolution, and through a
+    # zero output no gradient reaches the ControlNet's residuals
+    torch.nn.init.normal_(denoiser.unet.out[2].conv.weight, std=0.1)
+    frozen = {k: v.clone() for k, v in denoiser.state_dict().items() if torch.is_tensor(v)}
+    controlnet = ControlNet(
+        spatial_dims=2,
+        in_channels=3,
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        num_head_channels=8,
+        norm_num_groups=8,
+        with_conditioning=True,
+        cross_attention_dim=DIM,
+        conditioning_embedding_in_channels=3,
+        conditioning_embedding_num_channels=(8,),
+    )
+    controlnet.load_state_dict(denoiser.unet.state_dict(), strict=False)  # as MONAI's tutorials start it
+    start = {k: v.clone() for k, v in controlnet.state_dict().items()}
+    run = build_diffusion_trainer(
+        controlnet,
+        _loader(phantom["dataset"], batch_size=12),
+        DDPMScheduler(num_train_timesteps=100),
+        controlnet_of=denoiser,
+        control_key="mask",
+        lr=1e-3,
+        max_epochs=1,
+    )
+    run.run()
+    assert all(torch.equal(v, frozen[k]) for k, v in denoiser.state_dict().items() if torch.is_tensor(v))
+    changed = [k for k, v in controlnet.state_dict().items() if not torch.equal(v, start[k])]
+    assert any(k.startswith("controlnet_down_blocks") for k in changed)  # its zero convolutions learnt
+    assert run.ema is not None and isinstance(run.ema.module, ControlNet)
