@@ -165,6 +165,8 @@ def _train(phantom, ckpt, epochs, **kw):
         condition_dropout=0.5,
         ema_decay=0.9,
         ckpt_dir=ckpt,
+        group_names=phantom["names"],
+        group_history=ckpt / "group_loss.json",
         **kw,
     )
     run.run()
@@ -182,6 +184,9 @@ def test_killed_then_resumed_run_ends_with_the_same_weights_and_ema(phantom, tmp
         assert a.keys() == b.keys()
         differ = [k for k in a if not (torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k])]
         assert not differ, differ[:3]
+    # the per-group history continues where the first run stopped, with the uninterrupted run's numbers
+    history = [json.loads((tmp_path / run / "group_loss.json").read_text())["epochs"] for run in ("whole", "split")]
+    assert [e["epoch"] for e in history[1]] == [1, 2, 3, 4] and history[1] == history[0]
     state = torch.load(next((tmp_path / "split").glob("checkpoint*.pt")), weights_only=True)
     assert {"network", "ema", "optimizer", "prepare_batch", "rng", "trainer"} <= set(state)
 
@@ -351,3 +356,22 @@ def test_controlnet_trains_with_the_denoiser_frozen(phantom):
     changed = [k for k, v in controlnet.state_dict().items() if not torch.equal(v, start[k])]
     assert any(k.startswith("controlnet_down_blocks") for k in changed)  # its zero convolutions learnt
     assert run.ema is not None and isinstance(run.ema.module, ControlNet)
+
+
+def test_gradients_are_clipped_before_the_step(phantom):
+    net = _denoiser(phantom["encoder"])
+    start = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    run = build_diffusion_trainer(
+        net,
+        _loader(phantom["dataset"]),
+        DDPMScheduler(num_train_timesteps=100),
+        optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
+        max_grad_norm=1e-3,
+        epoch_length=1,
+        amp=True,  # bf16 autocast is CUDA-only: ignored on CPU
+    )
+    run.run()
+    assert not run.trainer.amp
+    step = torch.cat([p.detach().flatten() for p in net.parameters()]) - start
+    assert run.trainer.state.grad_norm > 1e-3  # the raw gradient was larger than the limit ...
+    assert float(step.norm()) == pytest.approx(1e-3, rel=1e-3)  # ... and the SGD step is lr * max_norm

@@ -428,7 +428,7 @@ class GroupLossHandler:
                     previous = json.loads(self.path.read_text(encoding="utf-8")).get("epochs", [])
                 except (OSError, ValueError):
                     previous = []
-                self.epochs = [e for e in previous if int(e.get("epoch", 0)) <= engine.state.epoch]
+                self.epochs = [e for e in previous if int(e.get("epoch", 0)) < engine.state.epoch]
 
     def iteration_completed(self, engine: Engine) -> None:
         out, batch = engine.state.output, engine.state.batch
