@@ -375,3 +375,35 @@ def test_gradients_are_clipped_before_the_step(phantom):
     step = torch.cat([p.detach().flatten() for p in net.parameters()]) - start
     assert run.trainer.state.grad_norm > 1e-3  # the raw gradient was larger than the limit ...
     assert float(step.norm()) == pytest.approx(1e-3, rel=1e-3)  # ... and the SGD step is lr * max_norm
+
+
+def test_sampling_loads_the_ema_weights_and_names_a_config_mismatch(phantom, tmp_path):
+    from fairmonai.engines.diffusion import load_sampling_weights
+
+    run = _train(phantom, tmp_path / "ckpt", 1)
+    fresh = _denoiser(phantom["encoder"], seed=5)
+    load_sampling_weights(fresh, tmp_path / "ckpt")
+    ema = run.sampling_model.state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in fresh.state_dict().items() if torch.is_tensor(v))
+    load_sampling_weights(fresh, tmp_path / "ckpt", use_ema=False)
+    raw = run.network.state_dict()
+    assert all(torch.equal(v, raw[k]) for k, v in fresh.state_dict().items() if torch.is_tensor(v))
+
+    wider = DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=3,
+        channels=(8, 32),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        num_head_channels=8,
+        norm_num_groups=8,
+        with_conditioning=True,
+        cross_attention_dim=DIM,
+    )
+    other = ConditionedDenoiser.build(wider, phantom["encoder"])
+    with pytest.raises(ValueError, match=r"another model configuration \(shape mismatch: unet\.\S+: checkpoint \("):
+        load_sampling_weights(other, tmp_path / "ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint\*\.pt in .*empty"):
+        load_sampling_weights(fresh, tmp_path / "empty")

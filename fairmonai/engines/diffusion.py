@@ -66,6 +66,9 @@ __all__ = [
     "DiffusionTraining",
     "build_diffusion_trainer",
     "optimizer_steps",
+    "make_ema",
+    "ema_weights",
+    "load_sampling_weights",
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -378,6 +381,54 @@ def make_ema(network: nn.Module, decay: float = 0.999) -> AveragedModel:
     if not 0.0 < decay < 1.0:
         raise ValueError(f"ema decay must be in (0, 1), got {decay}")
     return AveragedModel(_unwrap(network), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def ema_weights(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The EMA model's state dict in a loaded resumable checkpoint (``AveragedModel``'s ``module.`` prefix and
+    ``n_averaged`` counter dropped), loadable into the trained network's class."""
+    if not isinstance(state.get("ema"), Mapping):
+        raise KeyError("the checkpoint holds no EMA weights (trained with ema_decay=None?)")
+    prefix = "module."
+    return {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+
+
+def load_sampling_weights(
+    model: nn.Module, path: str | os.PathLike, *, use_ema: bool = True, map_location: Any = "cpu"
+) -> Path:
+    """Load the weights sampling uses into ``model``: the EMA weights of a resumable checkpoint (``use_ema``),
+    else its network; ``path`` may be a checkpoint folder (its newest checkpoint) or a ``model.pt``.
+
+    Raises:
+        FileNotFoundError: no such file, or no checkpoint in the folder.
+        ValueError: the weights are of another configuration; the message names the mismatched, missing and
+            unexpected parameters with their shapes.
+    """
+    from fairmonai.engines.checkpoint import WeightsLoader, network_weights
+
+    file = WeightsLoader(path, model).resolve()
+    state = torch.load(file, map_location=map_location, weights_only=True)
+    if use_ema and isinstance(state, Mapping) and "ema" in state:
+        weights = ema_weights(state)
+    else:
+        weights = dict(network_weights(state))
+    own = _unwrap(model).state_dict()
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and torch.is_tensor(v) and torch.is_tensor(own[k]) and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if shapes or missing or unexpected:
+        parts = [f"shape mismatch: {'; '.join(shapes[:5])}" if shapes else ""]
+        parts += [f"missing from the checkpoint: {missing[:5]}" if missing else ""]
+        parts += [f"not in the model: {unexpected[:5]}" if unexpected else ""]
+        raise ValueError(
+            f"{file} was trained with another model configuration ({'; '.join(p for p in parts if p)}): "
+            f"build the network with the settings it was trained with"
+        )
+    _unwrap(model).load_state_dict(weights)
+    return file
 
 
 class GroupLossHandler:
