@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,7 +54,14 @@ def phantom(tmp_path_factory):
     dataset = build_dataset(items, "cine", training=True, image_size=SIZE)
     encoder = AttributeEncoder.from_spec(spec)
     names = [spec.name(indexer.key(i)) for i in range(len(indexer))]
-    return {"cohort": cohort, "indexer": indexer, "dataset": dataset, "encoder": encoder, "names": names}
+    return {
+        "manifest": manifest,
+        "cohort": cohort,
+        "indexer": indexer,
+        "dataset": dataset,
+        "encoder": encoder,
+        "names": names,
+    }
 
 
 def _denoiser(encoder: AttributeEncoder, seed: int = 0) -> ConditionedDenoiser:
@@ -407,3 +418,62 @@ def test_sampling_loads_the_ema_weights_and_names_a_config_mismatch(phantom, tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no checkpoint\*\.pt in .*empty"):
         load_sampling_weights(fresh, tmp_path / "empty")
+
+
+DDP_WORKER = """
+import sys, warnings, torch
+sys.path.insert(0, sys.argv[1])
+from test_diffusion_trainer import _denoiser, _loader
+from monai.networks.schedulers import DDPMScheduler
+from fairmonai.engines import build_dataset, build_sampler, init_distributed, load_cohorts, task_items
+from fairmonai.engines.diffusion import build_diffusion_trainer
+from fairmonai.generators.conditioning import AttributeEncoder
+from fairmonai.losses.weighted import GroupIndexer
+from fairmonai.phantoms import default_groups
+
+torch.set_num_threads(1)
+init_distributed("gloo")
+rank = torch.distributed.get_rank()
+spec = default_groups("cardiac")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    cohort = load_cohorts(sys.argv[2], spec, require_validation=False)["training"]
+indexer = GroupIndexer.from_cohort(cohort, include_empty=False)
+dataset = build_dataset(task_items(cohort, indexer), "cine", training=True, image_size=16)
+encoder = AttributeEncoder.from_spec(spec)
+sampler = build_sampler("cbrs", cohort, dataset=dataset, seed=3)
+net = torch.nn.parallel.DistributedDataParallel(_denoiser(encoder))
+run = build_diffusion_trainer(
+    net, _loader(dataset, batch_size=6, sampler=sampler), DDPMScheduler(num_train_timesteps=100), max_epochs=2,
+    sampler=sampler, ema_decay=0.9, ckpt_dir=sys.argv[3] + "/ckpt", group_names=[str(i) for i in range(len(indexer))],
+    group_history=sys.argv[3] + "/group_loss.json",
+)
+run.run()
+torch.save({"network": run.network.module.state_dict(), "ema": run.ema.state_dict()}, f"{sys.argv[3]}/rank{rank}.pt")
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_training_keeps_ranks_identical(phantom, tmp_path):
+    from fairmonai.engines.diffusion import load_sampling_weights
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker)]
+    cmd += [str(Path(__file__).parent), str(phantom["manifest"]), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for part in ("network", "ema"):
+        a, b = states[0][part], states[1][part]
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    # each epoch's per-group loss counts the draws of both ranks: the sampler's 36 per epoch
+    history = json.loads((tmp_path / "group_loss.json").read_text())["epochs"]
+    assert [sum(e["samples"]) for e in history] == [36, 36]
+    # the checkpoint a 2-process run wrote loads into a one-process model for sampling
+    fresh = _denoiser(phantom["encoder"], seed=9)
+    load_sampling_weights(fresh, tmp_path / "ckpt")
+    ema = states[0]["ema"]
+    assert all(torch.equal(v, ema["module." + k]) for k, v in fresh.state_dict().items() if torch.is_tensor(v))
