@@ -477,3 +477,29 @@ def test_two_process_training_keeps_ranks_identical(phantom, tmp_path):
     load_sampling_weights(fresh, tmp_path / "ckpt")
     ema = states[0]["ema"]
     assert all(torch.equal(v, ema["module." + k]) for k, v in fresh.state_dict().items() if torch.is_tensor(v))
+
+
+def test_gradient_aware_sampler_and_group_dro_work_unchanged(phantom):
+    from fairmonai.losses.diffusion import DiffusionMSELoss
+    from fairmonai.losses.group_dro import GroupDRO
+
+    dataset, indexer = phantom["dataset"], phantom["indexer"]
+    sampler = build_sampler("gradient_aware_cbrs", phantom["cohort"], dataset=dataset, seed=3)
+    before = sampler.sample_weights.clone()
+    loss = GroupDRO(num_groups=len(indexer), loss=DiffusionMSELoss())
+    q0 = loss.q.clone()
+    run = build_diffusion_trainer(
+        _denoiser(phantom["encoder"]),
+        _loader(dataset, batch_size=9, sampler=sampler),
+        DDPMScheduler(num_train_timesteps=100),
+        loss=loss,
+        max_epochs=2,
+        sampler=sampler,
+        indexer=indexer,
+    )
+    run.run()
+    # FairGen's weights moved with the per-group gradient norms of the denoising loss
+    assert not torch.allclose(sampler.sample_weights, before)
+    # group DRO got each batch's groups through the loss hook and re-weighted them
+    assert not torch.allclose(loss.q, q0)
+    assert set(run.trainer.state.metrics) == {f"train_loss/{indexer.key(i)}" for i in range(len(indexer))}

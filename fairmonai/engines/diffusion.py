@@ -52,7 +52,9 @@ from fairmonai.engines.handlers import ProgressBar, TensorBoardStatsHandler
 from fairmonai.generators.conditioning import CONDITION_KEY, AttributeEmbedding, AttributeEncoder
 from fairmonai.io.atomic import atomic_write
 from fairmonai.losses.diffusion import DiffusionMSELoss, per_sample_mse
-from fairmonai.losses.weighted import GROUP_KEY, all_reduce_sum
+from fairmonai.losses.weighted import GROUP_KEY, GroupIndexer, all_reduce_sum
+from fairmonai.samplers.gradient_aware import GradientAwareSampler
+from fairmonai.samplers.handlers import GradientNormHandler, SamplerEpochHandler
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -583,6 +585,7 @@ def build_diffusion_trainer(
     resume: bool = True,
     lr_scheduler: Any = None,
     sampler: Any = None,
+    indexer: GroupIndexer | None = None,
     group_names: Sequence[str] | None = None,
     group_history: str | os.PathLike | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
@@ -613,8 +616,11 @@ def build_diffusion_trainer(
         ckpt_dir: folder of the resumable checkpoint (None: none); ``save_interval`` epochs, ``keep_checkpoints`` kept.
         resume: restore the newest checkpoint of ``ckpt_dir`` at start.
         lr_scheduler: an epoch-level ``torch.optim.lr_scheduler`` (stepped each epoch, saved).
-        sampler: the loader's sampler (its epoch is set each epoch; its state is saved when it has one).
-        group_names: names of the group indices, for the per-group loss (None: no per-group loss).
+        sampler: the loader's sampler (its epoch is set each epoch; its state is saved when it has one; a
+            gradient-aware one gets the per-group gradient norms of the denoising MSE).
+        indexer: the GroupIndexer of the batch's group indices (gradient-aware samplers; default group names).
+        group_names: names of the group indices, for the per-group loss (default: the indexer's keys; with
+            neither, no per-group loss).
         group_history: JSON file of the per-group losses.
         tensorboard_dir: TensorBoard folder of the epoch metrics (per-group losses) and iteration loss.
         progress: show a progress bar.
@@ -695,11 +701,14 @@ def build_diffusion_trainer(
     if ckpt_dir is not None:
         resumer = ResumeFromCheckpoint(ckpt_dir, checkpoint, engine_key="trainer", map_location=device, enabled=resume)
         attach.append(resumer)
-    if sampler is not None and callable(getattr(sampler, "set_epoch", None)):
-        from fairmonai.samplers.handlers import SamplerEpochHandler
-
-        if not isinstance(sampler, torch.utils.data.distributed.DistributedSampler):  # MONAI sets that one itself
-            attach.append(SamplerEpochHandler(sampler))
+    if isinstance(sampler, GradientAwareSampler):  # FairGen's samplers: output-gradient norms of the MSE
+        attach.append(GradientNormHandler(sampler, loss_fn=per_sample_mse, indexer=indexer))  # sets the epoch too
+    elif (
+        sampler is not None
+        and callable(getattr(sampler, "set_epoch", None))
+        and not isinstance(sampler, torch.utils.data.distributed.DistributedSampler)  # MONAI sets that one
+    ):
+        attach.append(SamplerEpochHandler(sampler))
     if max_grad_norm is not None:
         attach.append(GradientClipping(max_grad_norm))
     if ema is not None:
@@ -708,6 +717,8 @@ def build_diffusion_trainer(
         from monai.handlers import LrScheduleHandler
 
         attach.append(LrScheduleHandler(lr_scheduler, print_lr=False))
+    if group_names is None and indexer is not None:
+        group_names = [str(indexer.key(i)) for i in range(len(indexer))]
     if group_names is not None:
         attach.append(GroupLossHandler(group_names, path=group_history))
     if tensorboard_dir is not None and rank() == 0:

@@ -63,6 +63,9 @@ class DiffusionMSELoss(nn.Module):
         """``(B,)`` loss of each sample (what a re-weighting plugin multiplies by its ``w_i``)."""
         return per_sample_mse(pred, target)
 
+    #: the name :class:`fairmonai.losses.weighted.GroupAwareLoss` looks for: ``GroupDRO(G, loss=DiffusionMSELoss())``
+    per_sample_loss = per_sample
+
     def forward(
         self,
         pred: torch.Tensor,
