@@ -157,7 +157,12 @@ def test_ema_differs_from_the_network_and_follows_it(phantom):
 def test_accumulated_steps_update_ema_once_per_optimizer_step(phantom):
     scheduler = DDPMScheduler(num_train_timesteps=100)
     run = build_diffusion_trainer(
-        _denoiser(phantom["encoder"]), _loader(phantom["dataset"]), scheduler, max_epochs=1, accumulation_steps=2
+        _denoiser(phantom["encoder"]),
+        _loader(phantom["dataset"]),
+        scheduler,
+        max_epochs=1,
+        accumulation_steps=2,
+        progress=True,
     )
     run.run()
     assert int(run.ema.n_averaged) == 3  # 5 iterations: steps after 2, 4 and the epoch's last
