@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,10 @@ def _run(log_dir: Path, start_iteration: int, max_epochs: int, offset: float) ->
 def test_tensorboard_resumes_at_the_restored_step(tmp_path: Path) -> None:
     # a run logs 3 epochs (6 iterations) but its last checkpoint is at epoch 1: the rerun restores iteration 2
     _run(tmp_path, 0, 3, offset=0.0)
+    # event files are read in name order, and the name starts with the creation time in whole seconds: a
+    # rerun started within the same second as the killed run could sort first (by pid) and its purge would
+    # then come before the old events; a real rerun starts seconds later at the least
+    time.sleep(1.1)
     _run(tmp_path, 2, 3, offset=0.5)
     steps = _losses(tmp_path)
     assert [s for s, _ in steps] == [1, 2, 3, 4, 5, 6]  # each step once
