@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cine_cache.py --out bench/results
 	$(BIN)/python bench/bench_fair_classifier.py --out bench/results
 	$(BIN)/python bench/bench_fair_segmentation.py --out bench/results
+	$(BIN)/python bench/bench_sampling.py --out bench/results
+	$(BIN)/python bench/bench_diffusion_trainer.py --out bench/results
 
 clean:
 	rm -rf $(DEMO_OUT) bench/results .pytest_cache .ruff_cache
