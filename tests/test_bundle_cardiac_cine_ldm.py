@@ -18,6 +18,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 
 from fairmonai.bundle_check import verify_bundle
+from fairmonai.engines.bundle import located_error_line
 from fairmonai.errors import InputError
 from fairmonai.generators import cardiac_ldm as ldm
 from fairmonai.phantoms import make_phantom
@@ -131,6 +132,29 @@ def test_defaults_give_a_4x16x16_latent_at_64px() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ training
+def test_autoencoder_loss_terms_and_adversarial_switch() -> None:
+    torch.manual_seed(0)
+    ae = ldm.build_autoencoder(AE_OPTIONS)
+    x = torch.rand(2, 3, 32, 32)
+    loss_fn = ldm.AutoencoderLoss(kl_weight=0.5, adversarial_weight=0.1, discriminator_options={"channels": 8})
+    weights = [p.detach().clone() for p in loss_fn.discriminator.parameters()]
+    out = ae(x)
+    loss = loss_fn(out, x)
+    loss.backward()
+    parts = loss_fn.last
+    assert float(loss) == pytest.approx(parts["l1"] + 0.5 * parts["kl"] + 0.1 * parts["adversarial"], rel=1e-5)
+    assert parts["l1"] == pytest.approx(float(torch.nn.functional.l1_loss(out[0], x)), rel=1e-5)
+    # the discriminator took its own step; the autoencoder got gradients from the generator terms
+    assert any(not torch.equal(a, b) for a, b in zip(weights, loss_fn.discriminator.parameters(), strict=True))
+    assert all(p.grad is not None for p in ae.decoder.parameters() if p.requires_grad)
+    assert "discriminator_optimizer" in loss_fn.checkpoint_objects()
+    assert ldm.AutoencoderLoss().checkpoint_objects() == {}  # off by default
+    with pytest.raises(ValueError, match="cannot be downloaded here"):
+        ldm.AutoencoderLoss(perceptual_weight=1.0)
+    with pytest.raises(ldm.MissingWeightsError, match="perceptual network weights not found"):
+        ldm.AutoencoderLoss(perceptual_weight=1.0, perceptual_weights="/no/such/resnet50.pt")
+
+
 def test_autoencoder_lowers_its_loss(trained: dict) -> None:
     _, losses = trained["autoencoder"]
     assert len(losses) == 30
@@ -355,6 +379,11 @@ def test_missing_autoencoder_names_the_path_and_the_config_to_run(manifest: Path
         parser.get_parsed_content("train#trainer")
     text = _chain(info.value)
     assert str(tmp_path / "none" / "autoencoder.pt") in text and "train_autoencoder.yaml" in text
+    # a bundle run ends with the located message (fairmonai's error hook)
+    line = located_error_line(info.value)
+    assert line.startswith("fairmonai: error: ") and "field 'autoencoder_path'" in line
+    with pytest.raises(FileNotFoundError, match="train_diffusion.yaml first"):
+        ldm.read_scale_factor(tmp_path / "none" / "latent_scale.json")
 
 
 def _chain(exc: BaseException) -> str:

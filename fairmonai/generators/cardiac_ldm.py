@@ -65,6 +65,7 @@ __all__ = [
     "AutoencoderPrepareBatch",
     "ScaleMaskd",
     "ldm_dataset",
+    "MissingWeightsError",
     "require_file",
     "load_autoencoder",
     "load_denoiser",
@@ -217,7 +218,7 @@ class AutoencoderLoss(nn.Module):
                     "perceptual_weight > 0 needs perceptual_weights, a local file of pretrained ResNet-50 weights: "
                     "pretrained networks cannot be downloaded here (set perceptual_weight: 0 to train without it)"
                 )
-            require_file(perceptual_weights, "perceptual network weights", "a local ResNet-50 state dict")
+            require_file(perceptual_weights, "perceptual network weights", "give a local ResNet-50 state dict")
             from monai.losses import PerceptualLoss
 
             self.perceptual = PerceptualLoss(
@@ -342,12 +343,17 @@ def ldm_dataset(
 
 
 # ============================================================================================ weights
-def require_file(path: str | os.PathLike, what: str, how: str) -> Path:
-    """``path`` when it is a file or a folder of checkpoints; else FileNotFoundError saying how to make it."""
+class MissingWeightsError(InputError, FileNotFoundError):
+    """A stage's weights are missing: names the file and the config that makes it (also a FileNotFoundError)."""
+
+
+def require_file(path: str | os.PathLike, what: str, how: str, field: str | None = None) -> Path:
+    """``path`` when it is a file or a folder of checkpoints; else :class:`MissingWeightsError` saying how to make
+    it (a located error: a bundle run ends with it as ``fairmonai: error: ...``)."""
     p = Path(path)
     if p.is_file() or (p.is_dir() and any(p.glob("checkpoint*.pt"))):
         return p
-    raise FileNotFoundError(f"{what} {p} not found: {how}")
+    raise MissingWeightsError(f"{what} not found: {how}", path=p, field=field)
 
 
 def load_autoencoder(
@@ -355,7 +361,9 @@ def load_autoencoder(
 ) -> AutoencoderKL:
     """The trained autoencoder (frozen, eval mode): ``models/autoencoder.pt`` or a checkpoint folder of
     ``configs/train_autoencoder.yaml``; a missing file says to run that config first."""
-    require_file(path, "autoencoder checkpoint", "run configs/train_autoencoder.yaml first (or set autoencoder_path)")
+    require_file(
+        path, "autoencoder checkpoint", "run configs/train_autoencoder.yaml first (or set it)", "autoencoder_path"
+    )
     model = build_autoencoder(options)
     load_sampling_weights(model, path, use_ema=False)
     return model.to(device).eval().requires_grad_(False)
@@ -386,7 +394,7 @@ def load_denoiser(
 ) -> ConditionedDenoiser:
     """The trained denoiser (EMA weights of a checkpoint folder, or ``models/diffusion.pt``), frozen, eval mode;
     its condition levels are those it was trained on unless ``encoder`` is given."""
-    require_file(path, "diffusion checkpoint", "run configs/train_diffusion.yaml first (or set diffusion_path)")
+    require_file(path, "diffusion checkpoint", "run configs/train_diffusion.yaml first (or set it)", "diffusion_path")
     model = build_denoiser(encoder or trained_encoder(path), options)
     load_sampling_weights(model, path, use_ema=True)
     return model.to(device).eval().requires_grad_(False)
@@ -399,7 +407,9 @@ def load_controlnet(
     device: Any = "cpu",
 ) -> ControlNet:
     """The trained ControlNet (EMA weights), frozen, eval mode."""
-    require_file(path, "ControlNet checkpoint", "run configs/train_controlnet.yaml first (or set controlnet_path)")
+    require_file(
+        path, "ControlNet checkpoint", "run configs/train_controlnet.yaml first (or set it)", "controlnet_path"
+    )
     model = build_controlnet(None, unet_options, options)
     load_sampling_weights(model, path, use_ema=True)
     return model.to(device).eval().requires_grad_(False)
@@ -473,7 +483,7 @@ def read_scale_factor(path: str | os.PathLike) -> float:
     """The scale factor the diffusion stage recorded; a missing file says to run that stage first."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"latent scale file {p} not found: run configs/train_diffusion.yaml first")
+        raise MissingWeightsError("latent scale file not found: run configs/train_diffusion.yaml first", path=p)
     try:
         return float(json.loads(p.read_text(encoding="utf-8"))["scale_factor"])
     except (ValueError, KeyError, TypeError) as exc:
