@@ -393,3 +393,32 @@ def _chain(exc: BaseException) -> str:
         parts.append(str(exc))
         exc = exc.__cause__ or exc.__context__
     return "\n".join(parts)
+
+
+@pytest.mark.slow
+def test_two_process_synthesis_writes_the_files_of_one_process(trained: dict, tmp_path: Path) -> None:
+    """torchrun (gloo, CPU) with the multi-GPU overlay: the same manifest and the same images as one process."""
+    import os
+    import subprocess
+    import sys
+
+    values = trained["values"]
+    one = tmp_path / "one"
+    _inference(trained, one, target=1, num_inference_steps=2)
+    args = []
+    for key in ("manifest", "image_size", "model_dir", "autoencoder_options", "unet_options", "controlnet_options"):
+        args += [f"--{key}", repr(values[key]) if isinstance(values[key], dict) else str(values[key])]
+    args += ["--target", "1", "--num_inference_steps", "2", "--guidance_scale", "2.0", "--progress", "false"]
+    args += ["--out_dir", str(tmp_path / "two")]
+    configs = repr([str(CONFIGS / "inference.yaml"), str(CONFIGS / "multi_gpu_train.yaml")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "monai.bundle", "run", "run", "--config_file", configs, *args]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (tmp_path / "two" / "synthetic.csv").read_bytes() == (one / "synthetic.csv").read_bytes()
+    files = sorted(p.relative_to(one) for p in one.rglob("sa.nii.gz"))
+    assert files and files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("sa.nii.gz"))
+    for rel in files:
+        assert (one / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
