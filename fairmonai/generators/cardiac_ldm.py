@@ -507,6 +507,9 @@ class CardiacLDMGenerator:
         mask_divisor: the ControlNet's mask scaling (as in training).
         sampler_options: further :func:`~fairmonai.generators.sampling.make_scheduler` keywords.
         device: where sampling runs.
+        sample_batch_size: samples denoised together. 1 (default) makes every sample from its request alone, so
+            the files never depend on batching (a resumed run writes the very files of an uninterrupted one);
+            larger is faster on a GPU, the samples equal up to the last bits (DDPM: also its step noise).
     """
 
     def __init__(
@@ -526,7 +529,11 @@ class CardiacLDMGenerator:
         sampler_options: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
         progress: bool = False,
+        sample_batch_size: int = 1,
     ) -> None:
+        if int(sample_batch_size) < 1:
+            raise ValueError(f"sample_batch_size must be >= 1, got {sample_batch_size}")
+        self.sample_batch_size = int(sample_batch_size)
         if denoiser.encoder is None:
             raise ValueError("the cardiac LDM generator needs a conditioned denoiser (with an attribute embedding)")
         self.device = torch.device(device)
@@ -581,19 +588,43 @@ class CardiacLDMGenerator:
     @torch.no_grad()
     def generate_one(self, levels: Mapping[str, Any], mask: np.ndarray, seed: int) -> np.ndarray:
         """One ``(3, x, y)`` image in [0, 1] for ``levels`` and integer ``mask`` from ``seed`` (deterministic)."""
-        condition = self.condition(levels)
-        noise_gen = torch.Generator().manual_seed(int(seed))  # CPU noise: the same latent on every device
-        noise = torch.randn((1, *self.latent_shape(tuple(mask.shape[1:]))), generator=noise_gen).to(self.device)
-        step_gen = torch.Generator(device=self.device).manual_seed((int(seed) + 1) % (1 << 63))
+        return self.generate_batch([levels], [mask], [seed])[0]
+
+    @torch.no_grad()
+    def generate_batch(
+        self, levels: Sequence[Mapping[str, Any]], masks: Sequence[np.ndarray], seeds: Sequence[int]
+    ) -> list[np.ndarray]:
+        """Images for several (levels, integer mask, seed) triples sampled as one batch.
+
+        Each initial latent is drawn on the CPU from its own seed, so a sample depends on its own seed only, up
+        to the last bits batched kernels may sum differently in; DDPM's step noise comes from one generator on
+        the sampling device seeded from the first seed (it depends on the batch's composition).
+        """
+        if not (len(levels) == len(masks) == len(seeds)) or not levels:
+            raise ValueError(
+                f"need as many levels, masks and seeds (>= 1), got {len(levels)}, {len(masks)}, {len(seeds)}"
+            )
+        shapes = {tuple(np.shape(m)) for m in masks}
+        if len(shapes) > 1:
+            raise ValueError(f"masks of one batch must have one shape, got {sorted(shapes)}")
+        condition = torch.cat([self.condition(lv) for lv in levels])
+        latent_shape = self.latent_shape(tuple(np.shape(masks[0])[1:]))
+        # CPU noise: the same latent on every device, whatever the batch
+        noise = torch.cat(
+            [torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )
+        noise = noise.to(self.device)
+        step_gen = torch.Generator(device=self.device).manual_seed((int(seeds[0]) + 1) % (1 << 63))
         scheduler = make_scheduler(self.sampler, self.train_scheduler, self.num_inference_steps, **self.sampler_options)
         control = None
         if self.controlnet is not None:
-            cond = torch.as_tensor(mask, dtype=torch.float32, device=self.device)[None] / self.mask_divisor
+            cond = torch.as_tensor(np.stack(masks), dtype=torch.float32, device=self.device) / self.mask_divisor
             controlnet, embed, scale = self.controlnet, self.denoiser.embed, self.conditioning_scale
 
             def control(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
-                # the ControlNet attends to the embedded condition; the denoiser embeds the indices itself
-                cn = cond.expand(x.shape[0], *cond.shape[1:])
+                # guidance batches [unconditional; conditional]: both halves get the same masks. The ControlNet
+                # attends to the embedded condition (the denoiser embeds the indices itself)
+                cn = cond.repeat(x.shape[0] // cond.shape[0], 1, 1, 1)
                 return controlnet(
                     x=x, timesteps=t, controlnet_cond=cn, conditioning_scale=scale, context=embed(context)
                 )
@@ -603,24 +634,25 @@ class CardiacLDMGenerator:
             scheduler,
             noise,
             context=condition,
-            null_context=self.denoiser.null_condition(1, self.device),
+            null_context=self.denoiser.null_condition(len(seeds), self.device),
             guidance_scale=self.guidance_scale,
             control=control,
             progress=self.progress,
             generator=step_gen,
         )
-        image = self.autoencoder.decode_stage_2_outputs(latent / self.scale_factor)
-        return image[0].float().clamp(0.0, 1.0).cpu().numpy()
+        images = self.autoencoder.decode_stage_2_outputs(latent / self.scale_factor)
+        return list(images.float().clamp(0.0, 1.0).cpu().numpy())
 
     def __call__(self, requests: Sequence[Any]) -> list[Any]:
         from fairmonai.engines.synthesis import SampleResult
 
-        results = []
-        for request in requests:
-            mask = self.source_mask(request)
-            image = self.generate_one(request.levels, mask, request.seed)
-            results.append(SampleResult(image=image, mask=mask))
-        return results
+        masks = [self.source_mask(q) for q in requests]
+        images: list[np.ndarray] = []
+        for start in range(0, len(requests), self.sample_batch_size):
+            chunk = slice(start, start + self.sample_batch_size)
+            batch = requests[chunk]
+            images += self.generate_batch([q.levels for q in batch], masks[chunk], [q.seed for q in batch])
+        return [SampleResult(image=image, mask=mask) for image, mask in zip(images, masks, strict=True)]
 
 
 def load_generator(
