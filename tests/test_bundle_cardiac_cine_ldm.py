@@ -107,6 +107,7 @@ def _mean(values: list[float]) -> float:
 def test_verify_bundle() -> None:
     report = verify_bundle(BUNDLE)
     assert report.ok, report.format()
+    assert [p.file for p in report.warnings] == ["models/model.pt"]  # models come from training, never committed
     for name in (
         "train_autoencoder.yaml",
         "train_diffusion.yaml",
@@ -444,3 +445,27 @@ def test_batched_sampling_matches_one_by_one(trained: dict) -> None:
     assert not np.allclose(together[0], together[1])
     with pytest.raises(ValueError, match="sample_batch_size must be >= 1"):
         ldm.load_generator(*paths, **options, sample_batch_size=0)
+
+
+def test_checkpoint_folders_give_the_model_files_weights(trained: dict) -> None:
+    """A stage's checkpoint folder may stand in for its model file: the newest checkpoint's EMA weights."""
+    models, ckpts = Path(trained["values"]["model_dir"]), Path(trained["values"]["output_dir"]) / "checkpoints"
+    pairs = [
+        (
+            ldm.load_autoencoder(models / "autoencoder.pt", AE_OPTIONS),
+            ldm.load_autoencoder(ckpts / "autoencoder", AE_OPTIONS),
+        ),
+        (
+            ldm.load_denoiser(models / "diffusion.pt", UNET_OPTIONS),
+            ldm.load_denoiser(ckpts / "diffusion", UNET_OPTIONS),
+        ),
+        (
+            ldm.load_controlnet(models / "controlnet.pt", UNET_OPTIONS, CN_OPTIONS),
+            ldm.load_controlnet(ckpts / "controlnet", UNET_OPTIONS, CN_OPTIONS),
+        ),
+    ]
+    for from_file, from_folder in pairs:
+        a, b = from_file.state_dict(), from_folder.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    assert pairs[1][1].encoder == ldm.trained_encoder(ckpts / "diffusion")
