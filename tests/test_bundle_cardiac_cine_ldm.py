@@ -307,6 +307,14 @@ def test_inference_exact_counts_deterministic_and_read_by_fair_classifier(traine
             "manifest": trained["values"]["manifest"],
             "synthetic_manifest": str(tmp_path / "a" / "synthetic.csv"),
             "output_dir": str(tmp_path / "fc"),
+            "model_dir": str(tmp_path / "fc" / "models"),
+            "image_size": 32,
+            "network_name": "resnet10",
+            "epochs": 1,
+            "epoch_length": 2,
+            "batch_size": 8,
+            "progress": False,
+            "sampler_name": "cbrs",
         }
     )
     training = fc.get_parsed_content("cohorts")["training"]
@@ -316,6 +324,10 @@ def test_inference_exact_counts_deterministic_and_read_by_fair_classifier(traine
     dataset = fc.get_parsed_content("train#dataset")
     sample = dataset[[i for i, it in enumerate(items) if it is synthetic_item][0] * 9]
     assert tuple(np.asarray(sample["image"]).shape) == (3, 32, 32)
+    fc.get_parsed_content("initialize")
+    fc.get_parsed_content("run")  # two iterations and a validation, on real + synthetic subjects
+    assert fc.get_parsed_content("train#trainer").state.iteration == 2
+    assert (tmp_path / "fc" / "validation_metrics.json").is_file()
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
