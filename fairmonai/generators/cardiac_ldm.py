@@ -47,7 +47,7 @@ from fairmonai.engines.checkpoint import WeightsLoader, atomic_save, network_wei
 from fairmonai.engines.diffusion import ConditionedDenoiser, ema_weights, load_sampling_weights
 from fairmonai.errors import InputError
 from fairmonai.generators.conditioning import AttributeEncoder
-from fairmonai.generators.sampling import make_scheduler, sample
+from fairmonai.generators.sampling import controlnet_control, make_scheduler, sample
 from fairmonai.io.atomic import atomic_write
 
 __all__ = [
@@ -619,15 +619,8 @@ class CardiacLDMGenerator:
         control = None
         if self.controlnet is not None:
             cond = torch.as_tensor(np.stack(masks), dtype=torch.float32, device=self.device) / self.mask_divisor
-            controlnet, embed, scale = self.controlnet, self.denoiser.embed, self.conditioning_scale
-
-            def control(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
-                # guidance batches [unconditional; conditional]: both halves get the same masks. The ControlNet
-                # attends to the embedded condition (the denoiser embeds the indices itself)
-                cn = cond.repeat(x.shape[0] // cond.shape[0], 1, 1, 1)
-                return controlnet(
-                    x=x, timesteps=t, controlnet_cond=cn, conditioning_scale=scale, context=embed(context)
-                )
+            # both guidance halves get the same masks; the ControlNet attends to the embedded condition
+            control = controlnet_control(self.controlnet, cond, self.conditioning_scale, embed=self.denoiser.embed)
 
         latent = sample(
             self.denoiser,

@@ -389,12 +389,19 @@ def _no_extra(name: str, kw: dict[str, Any]) -> None:
         raise TypeError(f"unexpected option(s) for the {name!r} sampler: {', '.join(sorted(kw))}")
 
 
-def controlnet_control(controlnet: nn.Module, cn_cond: torch.Tensor, conditioning_scale: float = 1.0) -> ControlFn:
+def controlnet_control(
+    controlnet: nn.Module,
+    cn_cond: torch.Tensor,
+    conditioning_scale: float = 1.0,
+    embed: Callable[[Any], Any] | None = None,
+) -> ControlFn:
     """A :func:`sample` ``control`` callable from a MONAI ``ControlNet`` and its conditioning image ``cn_cond``.
 
     ``cn_cond`` (B, C, ...) is repeated along the batch when :func:`sample` batches the unconditional and conditional
     halves of classifier-free guidance together (the control image applies to both, as in MONAI's
-    ``ControlNetDiffusionInferer``).
+    ``ControlNetDiffusionInferer``). ``embed`` maps the context :func:`sample` passes to what the ControlNet
+    attends to: a :class:`~fairmonai.engines.diffusion.ConditionedDenoiser` embeds attribute indices
+    inside its own forward, so its ControlNet needs ``embed=denoiser.embed`` to see the same context.
     """
 
     def control(x: torch.Tensor, timesteps: torch.Tensor, context: Any) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
@@ -405,6 +412,8 @@ def controlnet_control(controlnet: nn.Module, cn_cond: torch.Tensor, conditionin
                     f"ControlNet image batch {cond.shape[0]} does not divide the sample batch {x.shape[0]}"
                 )
             cond = cond.repeat(x.shape[0] // cond.shape[0], *([1] * (cond.ndim - 1)))
+        if embed is not None and context is not None:
+            context = embed(context)
         return controlnet(
             x=x, timesteps=timesteps, controlnet_cond=cond, conditioning_scale=conditioning_scale, context=context
         )
