@@ -69,13 +69,21 @@ def world(tmp_path_factory):
     }
 
 
+#: a narrow ResNet-10 (64 features instead of 512) keeps the covariance square roots cheap
+NARROW = {"widen_factor": 0.125}
+
+
 @pytest.fixture(scope="module")
 def feature_ckpt(world):
     """A randomly initialised ResNet-10 saved as model.pt: FID needs features, not a trained network."""
     torch.manual_seed(0)
     path = world["root"] / "features.pt"
-    torch.save(build_classifier("resnet10", 3, 2).state_dict(), path)
+    torch.save(build_classifier("resnet10", 3, 2, **NARROW).state_dict(), path)
     return path
+
+
+def features(path, **kw):
+    return ge.domain_features(path, network_name="resnet10", network_options=NARROW, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +93,7 @@ def segmenter(world):
 
     real = world["real_images"]
     net = build_segmenter("unet", 1, 4, SIZE, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
-    return ge.fit_segmenter(real.images, real.masks, network=net, steps=150, batch_size=12, lr=1e-2)
+    return ge.fit_segmenter(real.images, real.masks, network=net, steps=80, batch_size=12, lr=1e-2)
 
 
 class ConstantClassifier(torch.nn.Module):
@@ -117,10 +125,10 @@ class MeanIntensityClassifier(torch.nn.Module):
 
 # ---------------------------------------------------------------------------------------------- FID
 def test_fid_of_a_set_with_itself_is_zero_and_of_noise_is_far_larger(world, feature_ckpt):
-    extractor = ge.domain_features(feature_ckpt, network_name="resnet10")
+    extractor = features(feature_ckpt)
     assert extractor.name == DOMAIN_FID_NAME == "FID (domain features)"
     assert extractor.description["layer"].startswith("global average pool")
-    assert extractor(world["real_images"].images[:2]).shape == (2, 512)  # the pooled features, not the 2 logits
+    assert extractor(world["real_images"].images[:2]).shape == (2, 64)  # the pooled features, not the 2 logits
     real = world["real_images"]
     same = ge.fid_table(extractor, real, real)
     noise = ge.fid_table(extractor, real, ge.load_images(world["noise"], SPEC, image_size=SIZE))
@@ -130,7 +138,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_of_noise_is_far_larger(world, feat
 
 
 def test_per_group_fid_keys_counts_and_variance(world, feature_ckpt):
-    extractor = ge.domain_features(feature_ckpt, network_name="resnet10")
+    extractor = features(feature_ckpt)
     real = world["real_images"]
     syn = ge.load_images(world["noise"], SPEC, image_size=SIZE)
     table = ge.fid_table(extractor, real, syn)
@@ -157,7 +165,7 @@ def test_conditioned_samples_beat_every_shuffled_control(world, feature_ckpt, se
     table = ge.evaluate_generation(
         world["real"],
         world["oracle"],
-        feature_model=ge.domain_features(feature_ckpt, network_name="resnet10"),
+        feature_model=features(feature_ckpt),
         segmenter=segmenter,
         attribute_classifiers=classifiers,
         spec=SPEC,
@@ -179,7 +187,7 @@ def test_conditioned_samples_beat_every_shuffled_control(world, feature_ckpt, se
 
     # FID: the oracle's images are real images, far closer to the real set than noise
     assert table["fid"]["name"] == DOMAIN_FID_NAME
-    extractor = ge.domain_features(feature_ckpt, network_name="resnet10")
+    extractor = features(feature_ckpt)
     noise_fid = ge.fid_table(extractor, real, ge.load_images(world["noise"], SPEC, image_size=SIZE))["overall"]
     assert table["fid"]["overall"] < 0.1 * noise_fid
     assert table["fid_shuffled_condition"]["overall"] < 0.1 * noise_fid  # real images too, only mismatched
@@ -264,7 +272,7 @@ def test_missing_or_mismatched_checkpoints_are_named(world, feature_ckpt, tmp_pa
     with pytest.raises(ValueError, match=r"'segmenter_ckpt' is required"):
         ge.frame_segmenter(None)
     with pytest.raises(ValueError, match=r"feature_ckpt: .* another network configuration: parameter 'conv1.weight'"):
-        ge.domain_features(feature_ckpt, network_name="resnet10", in_channels=1)
+        features(feature_ckpt, in_channels=1)
     with pytest.raises(FileNotFoundError, match=r"attribute_ckpts\['sex'\]: weights file"):
         ge.attribute_classifiers({"sex": tmp_path / "sex.pt"}, SPEC)
     with pytest.raises(ValueError, match=r"no attribute 'bmi' in the group spec"):
@@ -282,8 +290,6 @@ def test_evaluate_config_parses_and_wires_the_evaluation(world, feature_ckpt, tm
                 "segmenter_ckpt", "attribute_ckpts", "image_size", "n_boot", "seed", "output_dir",
                 "metrics_file", "groups_file", "grid_file"):  # fmt: skip
         assert key in parser.config, key
-    fit = ge.fit_reference_models(world["real"], SPEC, tmp_path / "models", image_size=SIZE,
-                                  segmenter_steps=2, classifier_steps=2)  # fmt: skip
     parser.update(
         {
             "bundle_root": str(tmp_path),
@@ -292,16 +298,22 @@ def test_evaluate_config_parses_and_wires_the_evaluation(world, feature_ckpt, tm
             "groups": {"attributes": ["sex"], "categories": {"sex": ["F", "M"]}},
             "feature_ckpt": str(feature_ckpt),
             "feature_network": "resnet10",
-            "segmenter_ckpt": fit["segmenter"],
-            "attribute_ckpts": fit["attributes"],
-            "attribute_network": "resnet10",
+            "feature_network_options": NARROW,
+            "segmenter_ckpt": str(tmp_path / "ref" / "segmenter.pt"),
+            "segmenter_options": {"channels": [8, 16], "strides": [2], "num_res_units": 0},
+            "attribute_ckpts": {"sex": str(tmp_path / "ref" / "sex.pt")},
+            "attribute_network_options": NARROW,
+            "fit_reference_models": True,  # the reference networks are trained first (2 steps: plumbing only)
+            "reference_steps": 2,
+            "reference_split": "test",
             "image_size": SIZE,
             "n_boot": 0,
         }
     )
     parser.parse()
-    for expr in parser.get_parsed_content("run"):
-        pass
+    parser.get_parsed_content("initialize")  # trains the missing reference networks
+    assert (tmp_path / "ref" / "segmenter.pt").is_file() and (tmp_path / "ref" / "sex.pt").is_file()
+    parser.get_parsed_content("run")
     out = tmp_path / "eval"
     metrics = json.loads((out / "generation_metrics.json").read_text())
     assert metrics["fid"]["name"] == "FID (domain features)"

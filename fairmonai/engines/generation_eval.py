@@ -191,7 +191,9 @@ def load_network(network: nn.Module, path: str | os.PathLike | None, setting: st
         raise ValueError(f"the setting {setting!r} is required: the weights file of a network trained on real data")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{setting}: weights file {path} not found (train the network on the real cohort first)")
+        raise FileNotFoundError(
+            f"{setting}: weights file {path} not found (train the network on the real cohort first)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -454,16 +456,16 @@ def attribute_fidelity(
         "accuracy": float(accuracy(y, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(set(y.tolist())) > 1 else math.nan,
         "by_level": {},
-        "confusion": {lv: {lp: int(np.sum((y == i) & (pred == j))) for j, lp in enumerate(levels)} for i, lv in enumerate(levels)},
+        "confusion": {
+            lv: {lp: int(np.sum((y == i) & (pred == j))) for j, lp in enumerate(levels)} for i, lv in enumerate(levels)
+        },
         "chance_accuracy": float(max(np.bincount(y, minlength=len(levels))) / max(len(y), 1)),
     }
     for i, lv in enumerate(levels):
         m = y == i
         out["by_level"][lv] = {"n": int(m.sum()), "accuracy": float(np.mean(pred[m] == i)) if m.any() else math.nan}
     bootstrap = results.bootstrap_settings(n_boot, ci_quantiles, random_state)
-    frame = GroupMetricFrame(
-        {"accuracy": accuracy}, y, pred, {"all": ["all"] * len(y)}, **(bootstrap or {})
-    )
+    frame = GroupMetricFrame({"accuracy": accuracy}, y, pred, {"all": ["all"] * len(y)}, **(bootstrap or {}))
     if bootstrap:
         low, high = frame.interval("accuracy", "all")
         out["accuracy_ci"] = [float(low), float(high)]
@@ -485,7 +487,6 @@ def fid_table(
     real: ImageSet,
     synthetic: ImageSet,
     *,
-    seed: int = 0,
     real_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """FID (domain features) overall and per group (real group ``g`` vs samples requested for ``g``) and the
@@ -585,6 +586,7 @@ def evaluate_generation(
     shuffled_condition_cohort: Cohort | str | os.PathLike | None = None,
     shuffled_masks: bool = True,
     real_reference: bool = True,
+    reference_cohort: Cohort | str | os.PathLike | None = None,
     kind: str = "cine",
     image_size: int | None = None,
     n_boot: int = 0,
@@ -605,7 +607,9 @@ def evaluate_generation(
             metric is computed on it too (``shuffled_condition``).
         shuffled_masks: also score images against other records' masks (needs no second generation) and
             predictions against other records' requested attributes.
-        real_reference: also score the segmenter and classifiers on the real images (``real``).
+        real_reference: also score the segmenter and classifiers on real images (``real``): those of
+            ``reference_cohort`` (e.g. the test split, records the networks did not train on), by default
+            of ``real_cohort``.
         kind, image_size: data kind and the size images are resized to (the networks' input size).
         n_boot, ci_quantiles, seed: bootstrap intervals (records resampled within groups) and the seed of
             the shuffles, the split halves and the resampling.
@@ -630,7 +634,10 @@ def evaluate_generation(
     shuffled = None
     if shuffled_condition_cohort is not None:
         shuffled = load_images(shuffled_condition_cohort, what="shuffled-condition cohort", **load)
-    for part in (synthetic, shuffled):
+    reference = real
+    if real_reference and reference_cohort is not None:
+        reference = load_images(reference_cohort, what="reference cohort", **load)
+    for part in (synthetic, shuffled, reference):
         if part is not None and part.images.shape[1:] != real.images.shape[1:]:
             raise ValueError(
                 f"synthetic images are {tuple(part.images.shape[1:])} but real ones {tuple(real.images.shape[1:])}: "
@@ -646,6 +653,8 @@ def evaluate_generation(
         table["bootstrap"] = results.bootstrap_record(results.bootstrap_settings(n_boot, ci_quantiles, seed))
     if shuffled is not None:
         table["n"]["shuffled_condition"] = len(shuffled)
+    if real_reference:
+        table["n"]["reference"] = len(reference)
     if feature_model is not None:
         fr = feature_model(real.images)
         table["fid"] = fid_table(feature_model, real, synthetic, real_features=fr)
@@ -668,19 +677,21 @@ def evaluate_generation(
         table["mask_fidelity"] = {"classes": dict(CARDIAC_CLASSES), **main["mask_fidelity"]}
         if control is not None:
             table["mask_fidelity"]["shuffled_condition"] = control["mask_fidelity"]["conditioned"]
-        if real_reference and real.masks is not None:
-            predicted = segment_frames(segmenter, real.images, batch_size)
-            table["mask_fidelity"]["real"] = mask_fidelity(predicted, real.masks, gspec, real.keys, real.ids, **boot)
+        if real_reference and reference.masks is not None:
+            predicted = segment_frames(segmenter, reference.images, batch_size)
+            table["mask_fidelity"]["real"] = mask_fidelity(
+                predicted, reference.masks, gspec, reference.keys, reference.ids, **boot
+            )
     if classifiers:
         table["attribute_fidelity"] = main["attribute_fidelity"]
         for attribute, entry in table["attribute_fidelity"].items():
             if control is not None:
                 entry["shuffled_condition"] = control["attribute_fidelity"][attribute]["conditioned"]
         if real_reference:
-            groups = _group_names(gspec, real.keys)
-            for attribute, lg in _classify(classifiers, real.images, batch_size).items():
+            groups = _group_names(gspec, reference.keys)
+            for attribute, lg in _classify(classifiers, reference.images, batch_size).items():
                 table["attribute_fidelity"][attribute]["real"] = attribute_fidelity(
-                    lg, real.levels(attribute), _attribute_levels(gspec, attribute), groups, **boot
+                    lg, reference.levels(attribute), _attribute_levels(gspec, attribute), groups, **boot
                 )
     return table
 
@@ -825,7 +836,9 @@ def sample_grid_png(
 
 
 # ============================================================================================== fitting
-def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, steps: int, lr: float, batch_size: int, seed: int) -> nn.Module:
+def _fit(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, steps: int, lr: float, batch_size: int, seed: int
+) -> nn.Module:
     gen = torch.Generator().manual_seed(int(seed))
     device = _device_of(net)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -888,44 +901,57 @@ def fit_classifier(
 def fit_reference_models(
     real_cohort: Cohort | str | os.PathLike,
     spec: GroupSpec | Mapping[str, Any] | str,
-    out_dir: str | os.PathLike,
     *,
-    attributes: Sequence[str] | None = None,
+    segmenter_path: str | os.PathLike | None = None,
+    attribute_paths: Mapping[str, str | os.PathLike] | None = None,
     kind: str = "cine",
     image_size: int | None = None,
+    segmenter_name: str = "unet",
+    segmenter_options: Mapping[str, Any] | None = None,
     classifier_name: str = "resnet10",
-    segmenter_steps: int = 300,
-    classifier_steps: int = 300,
+    classifier_options: Mapping[str, Any] | None = None,
+    steps: int = 300,
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the reference segmenter and one classifier per attribute on the real cohort; save their state dicts.
 
-    Writes ``<out_dir>/segmenter.pt`` and ``<out_dir>/attribute_<attribute>.pt`` atomically (existing files
-    are kept unless ``overwrite``) and returns ``{"segmenter": path, "attributes": {attribute: path}}``.
-    Use the training split: the evaluation's ``real`` reference is only honest on held-out records.
+    Writes ``segmenter_path`` and every ``attribute_paths[attribute]`` that does not exist yet (all of them
+    with ``overwrite``) atomically, with networks built as :func:`frame_segmenter` and
+    :func:`attribute_classifiers` build them from the same settings, and returns
+    ``{"segmenter": path, "attributes": {attribute: path}}``. Give it the training split: the evaluation's
+    ``real`` reference is only honest on held-out records.
     """
+    from fairmonai.engines.classification import build_classifier
     from fairmonai.engines.data import group_spec
+    from fairmonai.engines.segmentation import build_segmenter
 
     gspec = group_spec(spec)
-    out = Path(out_dir)
-    attrs = list(attributes if attributes is not None else gspec.key_fields)
-    paths = {"segmenter": out / "segmenter.pt", "attributes": {a: out / f"attribute_{a}.pt" for a in attrs}}
-    todo_seg = overwrite or not paths["segmenter"].is_file()
-    todo = [a for a in attrs if overwrite or not paths["attributes"][a].is_file()]
+    attrs = {a: Path(p) for a, p in dict(attribute_paths or {}).items()}
+    for a in attrs:
+        _attribute_levels(gspec, a)
+    seg = None if segmenter_path is None else Path(segmenter_path)
+    todo_seg = seg is not None and (overwrite or not seg.is_file())
+    todo = [a for a, p in attrs.items() if overwrite or not p.is_file()]
     if todo_seg or todo:
         real = load_images(real_cohort, gspec, kind=kind, image_size=image_size, what="real cohort")
         if todo_seg:
             if real.masks is None:
                 raise ValueError("the real cohort has no masks to train the segmenter on")
-            net = fit_segmenter(real.images, real.masks, image_size=image_size, steps=segmenter_steps, seed=seed)
-            atomic_save(net.state_dict(), paths["segmenter"])
+            net = build_segmenter(segmenter_name, 1, 1 + len(CARDIAC_CLASSES), image_size, segmenter_options)
+            net = fit_segmenter(real.images, real.masks, network=net, steps=steps, seed=seed)
+            atomic_save(net.state_dict(), seg)
+            logger.info("reference segmenter trained on %d real subjects: %s", len(real), seg)
         for a in todo:
             levels = _attribute_levels(gspec, a)
             y = [levels.index(v) for v in real.levels(a)]
-            net = fit_classifier(real.images, y, len(levels), network_name=classifier_name, steps=classifier_steps, seed=seed)
-            atomic_save(net.state_dict(), paths["attributes"][a])
-    return {"segmenter": str(paths["segmenter"]), "attributes": {a: str(p) for a, p in paths["attributes"].items()}}
+            net = build_classifier(
+                classifier_name, real.images.shape[1], len(levels), image_size, **dict(classifier_options or {})
+            )
+            net = fit_classifier(real.images, y, len(levels), network=net, steps=steps, seed=seed)
+            atomic_save(net.state_dict(), attrs[a])
+            logger.info("reference %s classifier trained on %d real subjects: %s", a, len(real), attrs[a])
+    return {"segmenter": None if seg is None else str(seg), "attributes": {a: str(p) for a, p in attrs.items()}}
 
 
 # ============================================================================================== writing
