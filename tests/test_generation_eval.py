@@ -305,6 +305,7 @@ def test_evaluate_config_parses_and_wires_the_evaluation(world, feature_ckpt, tm
             "attribute_network_options": NARROW,
             "fit_reference_models": True,  # the reference networks are trained first (2 steps: plumbing only)
             "reference_steps": 2,
+            "segmenter_steps": 2,
             "reference_split": "test",
             "image_size": SIZE,
             "n_boot": 0,

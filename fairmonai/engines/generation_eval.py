@@ -27,13 +27,21 @@ cine MRI):
 
 Controls, so that a number can be read: (1) ``shuffled_masks``: every generated image is paired with
 the conditioning mask of another record (a seeded pairing that avoids copies of its own mask) and scored
-the same way; (2)
-``shuffled_attributes``: predictions against the requested attributes of another record; (3) when
+the same way; (2) ``shuffled_attributes``: predictions against the requested attributes of another
+record; (3) when
 the caller passes a second synthetic cohort generated with *shuffled conditions* (each sample made
 from another request's condition while its manifest row keeps its own), every metric again on it;
 (4) ``real``: the same segmenter and classifiers on the real images against their real masks and
 attributes (pass a held-out split for an honest reference: on the networks' own training images it
 is optimistic). A generator that follows its condition scores far above (1)-(3).
+
+Reading the overall FID of a *balanced* synthetic set: it is made for the groups the real cohort
+lacks, so its group mix differs from the real one by design, and masks for empty groups come from
+nearest groups, repeated. Its overall FID against the whole real cohort therefore measures the mix as
+much as the image quality: on the built-in cohort a generator that returns exactly the real image of
+each conditioning subject scored 15.8 overall, above a condition-ignoring one that returns random
+real subjects (2.7; real split halves 2.2). Compare per-group FIDs (same group on both sides), and
+overall FIDs only between sets with the same group mix.
 
 :func:`sample_grid_png` writes a PNG grid of real versus synthetic ED frames per group.
 :func:`fit_segmenter`, :func:`fit_classifier` and :func:`fit_reference_models` train the reference
@@ -703,7 +711,8 @@ def generation_scalars(table: Mapping[str, Any]) -> dict[str, float]:
     ``fid_domain_shuffled_condition``; ``mask_dice_<variant>`` (mean over LV, myocardium, RV) and
     ``mask_dice_<class>_<variant>`` for variant ``conditioned``, ``shuffled_masks``,
     ``shuffled_condition``, ``real``; ``attr_accuracy_<attribute>_<variant>`` for variant
-    ``conditioned``, ``shuffled_attributes``, ``shuffled_condition``, ``real``.
+    ``conditioned``, ``shuffled_attributes``, ``shuffled_condition``, ``real``, and
+    ``attr_balanced_accuracy_<attribute>_<variant>`` (mean recall over the requested levels).
     """
     out: dict[str, float] = {}
     if "fid" in table:
@@ -721,6 +730,7 @@ def generation_scalars(table: Mapping[str, Any]) -> dict[str, float]:
     for attribute, variants in (table.get("attribute_fidelity") or {}).items():
         for variant, entry in variants.items():
             out[f"attr_accuracy_{attribute}_{variant}"] = float(entry["accuracy"])
+            out[f"attr_balanced_accuracy_{attribute}_{variant}"] = float(entry["balanced_accuracy"])
     return out
 
 
@@ -837,14 +847,27 @@ def sample_grid_png(
 
 # ============================================================================================== fitting
 def _fit(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any, steps: int, lr: float, batch_size: int, seed: int
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Any,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weights: torch.Tensor | None = None,
 ) -> nn.Module:
+    """Adam on random batches (drawn with probability ``weights`` when given), for ``steps`` steps."""
     gen = torch.Generator().manual_seed(int(seed))
     device = _device_of(net)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    size = min(batch_size, x.shape[0])
     net.train()
     for _ in range(int(steps)):
-        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
+        if weights is None:
+            idx = torch.randint(0, x.shape[0], (size,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, size, replacement=True, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(x[idx].to(device)), y[idx].to(device))
         loss.backward()
@@ -884,18 +907,28 @@ def fit_classifier(
     *,
     network: nn.Module | None = None,
     network_name: str = "resnet10",
-    steps: int = 200,
-    lr: float = 1e-3,
+    steps: int = 600,
+    lr: float = 3e-4,
     batch_size: int = 16,
+    balanced: bool = True,
     seed: int = 0,
 ) -> nn.Module:
-    """Train a classifier (default :func:`~fairmonai.engines.classification.build_classifier`) on real images."""
+    """Train a classifier (default :func:`~fairmonai.engines.classification.build_classifier`) on real images.
+
+    ``balanced`` draws every class equally often (minority levels such as heart failure are otherwise
+    ignored by a short run). On the built-in cohort (142 training subjects, 64 px, ResNet-10) 600 steps at
+    ``lr`` 3e-4 reach a held-out accuracy of 0.94 for sex; at 1e-3 the same run stays at chance.
+    """
     from fairmonai.engines.classification import build_classifier
 
     torch.manual_seed(int(seed))
     net = network or build_classifier(network_name, images.shape[1], num_classes)
     y = torch.as_tensor(list(targets), dtype=torch.long)
-    return _fit(net, images, y, nn.CrossEntropyLoss(), steps, lr, batch_size, seed)
+    weights = None
+    if balanced:
+        counts = torch.bincount(y, minlength=num_classes).clamp(min=1).double()
+        weights = (1.0 / counts)[y]
+    return _fit(net, images, y, nn.CrossEntropyLoss(), steps, lr, batch_size, seed, weights)
 
 
 def fit_reference_models(
@@ -910,14 +943,16 @@ def fit_reference_models(
     segmenter_options: Mapping[str, Any] | None = None,
     classifier_name: str = "resnet10",
     classifier_options: Mapping[str, Any] | None = None,
-    steps: int = 300,
+    steps: int = 600,
+    segmenter_steps: int = 300,
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the reference segmenter and one classifier per attribute on the real cohort; save their state dicts.
 
     Writes ``segmenter_path`` and every ``attribute_paths[attribute]`` that does not exist yet (all of them
-    with ``overwrite``) atomically, with networks built as :func:`frame_segmenter` and
+    with ``overwrite``) atomically (``steps`` per classifier, ``segmenter_steps`` for the segmenter), with
+    networks built as :func:`frame_segmenter` and
     :func:`attribute_classifiers` build them from the same settings, and returns
     ``{"segmenter": path, "attributes": {attribute: path}}``. Give it the training split: the evaluation's
     ``real`` reference is only honest on held-out records.
@@ -939,7 +974,7 @@ def fit_reference_models(
             if real.masks is None:
                 raise ValueError("the real cohort has no masks to train the segmenter on")
             net = build_segmenter(segmenter_name, 1, 1 + len(CARDIAC_CLASSES), image_size, segmenter_options)
-            net = fit_segmenter(real.images, real.masks, network=net, steps=steps, seed=seed)
+            net = fit_segmenter(real.images, real.masks, network=net, steps=segmenter_steps, seed=seed)
             atomic_save(net.state_dict(), seg)
             logger.info("reference segmenter trained on %d real subjects: %s", len(real), seg)
         for a in todo:
