@@ -321,3 +321,14 @@ def test_evaluate_config_parses_and_wires_the_evaluation(world, feature_ckpt, tm
     assert {"fid_domain", "mask_dice_conditioned", "attr_accuracy_sex_conditioned"} <= set(metrics["metrics"])
     assert metrics["info"]["synthetic_manifest"] == str(world["oracle"])
     assert (out / "generation_per_group.csv").is_file() and (out / "generation_grid.png").is_file()
+
+
+def test_shuffled_pairing_is_a_permutation_that_never_pairs_a_mask_with_a_copy_of_itself():
+    sources = ["a"] * 4 + ["b"] * 3 + ["c"] * 2 + ["d"]
+    for seed in range(5):
+        partner = ge._derangement(len(sources), seed, sources)
+        assert sorted(partner.tolist()) == list(range(len(sources)))  # every mask used once
+        assert all(sources[i] != sources[j] for i, j in enumerate(partner))
+    assert (ge._derangement(10, 0) != np.arange(10)).all()
+    with pytest.raises(ValueError, match="at least 2 records"):
+        ge._derangement(1, 0)
