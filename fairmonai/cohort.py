@@ -28,7 +28,16 @@ from fairmonai.errors import EmptyGroupError, InputError
 # the record model and the manifest reader sit below the cohort; they never import this module
 from fairmonai.io.manifest import NON_ATTRIBUTE_COLUMNS, Ranges, Record, read_manifest, record_from_row, write_manifest
 
-__all__ = ["Record", "Binning", "GroupSpec", "GroupKey", "Cohort", "BALANCE_STRATEGIES", "record_from_row"]
+__all__ = [
+    "Record",
+    "Binning",
+    "GroupSpec",
+    "GroupKey",
+    "Cohort",
+    "BALANCE_STRATEGIES",
+    "level_name",
+    "record_from_row",
+]
 
 GroupKey = tuple[str, ...]
 
@@ -70,7 +79,7 @@ class Binning:
         return self.labels[bisect.bisect_right(self.edges, x)]
 
 
-def _level(value: Any) -> str:
+def level_name(value: Any) -> str:
     """Canonical level name of a categorical value: ``1``, ``1.0`` and ``"1"`` are one level."""
     if isinstance(value, bool):
         return str(int(value))
@@ -101,7 +110,7 @@ class GroupSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "attributes", tuple(self.attributes))
         bins = {a: b if isinstance(b, Binning) else Binning(tuple(b)) for a, b in dict(self.bins).items()}
-        cats = {a: tuple(_level(v) for v in vals) for a, vals in dict(self.categories).items()}
+        cats = {a: tuple(level_name(v) for v in vals) for a, vals in dict(self.categories).items()}
         reserved = [a for a in self.attributes if a in NON_ATTRIBUTE_COLUMNS]
         if reserved:
             hint = "; to group by the label use include_label" if "label" in reserved else ""
@@ -118,7 +127,7 @@ class GroupSpec:
         object.__setattr__(self, "bins", bins)
         object.__setattr__(self, "categories", cats)
         if self.labels is not None:
-            object.__setattr__(self, "labels", tuple(_level(v) for v in self.labels))
+            object.__setattr__(self, "labels", tuple(level_name(v) for v in self.labels))
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -208,7 +217,7 @@ class GroupSpec:
                     field=name,
                     **loc,
                 ) from None
-        level = _level(value)
+        level = level_name(value)
         allowed = self.levels(name)
         if allowed is not None and level not in allowed:
             raise InputError(f"unknown value {value!r}; allowed values are {list(allowed)}", field=name, **loc)

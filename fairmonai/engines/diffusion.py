@@ -48,7 +48,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from fairmonai import registry
 from fairmonai.engines.checkpoint import KeepLatestCheckpoint, ResumableCheckpointSaver, ResumeFromCheckpoint, resumable
 from fairmonai.engines.distributed import rank
-from fairmonai.engines.handlers import ProgressBar, TensorBoardStatsHandler
+from fairmonai.engines.handlers import ProgressBar, TensorBoardStatsHandler, resumed_epochs
 from fairmonai.generators.conditioning import CONDITION_KEY, AttributeEmbedding, AttributeEncoder
 from fairmonai.io.atomic import atomic_write
 from fairmonai.losses.diffusion import DiffusionMSELoss, per_sample_mse
@@ -475,13 +475,7 @@ class GroupLossHandler:
         self._counts.zero_()
         if not self._loaded:  # at the first epoch, after a resume handler has restored the trainer's epoch
             self._loaded = True
-            self.epochs = []
-            if self.path is not None and self.path.is_file():
-                try:
-                    previous = json.loads(self.path.read_text(encoding="utf-8")).get("epochs", [])
-                except (OSError, ValueError):
-                    previous = []
-                self.epochs = [e for e in previous if int(e.get("epoch", 0)) < engine.state.epoch]
+            self.epochs = resumed_epochs(self.path, engine.state.epoch)
 
     def iteration_completed(self, engine: Engine) -> None:
         out, batch = engine.state.output, engine.state.batch

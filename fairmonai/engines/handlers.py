@@ -24,7 +24,15 @@ from torch import nn
 
 from fairmonai.io.atomic import atomic_write
 
-__all__ = ["ProgressBar", "TensorBoardStatsHandler", "TrainingHistory", "batch_field", "engine_loss", "to_device"]
+__all__ = [
+    "ProgressBar",
+    "TensorBoardStatsHandler",
+    "TrainingHistory",
+    "batch_field",
+    "resumed_epochs",
+    "engine_loss",
+    "to_device",
+]
 
 
 def batch_field(container: Any, key: str) -> Any:
@@ -120,6 +128,21 @@ class TensorBoardStatsHandler(MonaiTensorBoardStatsHandler):
             self._writer.close()
 
 
+def resumed_epochs(path: str | os.PathLike | None, epoch: int) -> list[dict[str, Any]]:
+    """The ``epochs`` entries of a history JSON from before ``epoch`` (a resumed run's restored epoch).
+
+    Entries a killed run wrote after its last checkpoint are dropped, as its TensorBoard steps are; an
+    absent or unreadable file gives an empty history.
+    """
+    if path is None or not Path(path).is_file():
+        return []
+    try:
+        previous = json.loads(Path(path).read_text(encoding="utf-8")).get("epochs", [])
+    except (OSError, ValueError):
+        return []
+    return [e for e in previous if int(e.get("epoch", 0)) < epoch]
+
+
 def _mean(values: Sequence[float]) -> float:
     vals = [float(v) for v in values if not math.isnan(float(v))]
     return sum(vals) / len(vals) if vals else math.nan
@@ -161,12 +184,7 @@ class TrainingHistory:
         self._losses = []
         if not self._loaded:  # here, not at STARTED: a resumed trainer knows its epoch only after loading
             self._loaded = True
-            if self.path.is_file():
-                try:
-                    previous = json.loads(self.path.read_text(encoding="utf-8")).get("epochs", [])
-                except (OSError, ValueError):
-                    previous = []
-                self.epochs = [e for e in previous if int(e.get("epoch", 0)) < engine.state.epoch]
+            self.epochs = resumed_epochs(self.path, engine.state.epoch)
 
     def iteration_completed(self, engine: Engine) -> None:
         out = engine.state.output

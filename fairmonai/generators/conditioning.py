@@ -25,22 +25,13 @@ import torch
 from monai.transforms import MapTransform
 from torch import nn
 
-from fairmonai.cohort import Cohort, GroupSpec
+from fairmonai.cohort import Cohort, GroupSpec, level_name
 from fairmonai.errors import InputError
 
 __all__ = ["CONDITION_KEY", "AttributeEncoder", "AttributeEmbedding", "AttributeConditiond", "add_conditions"]
 
 #: datalist / batch key of the ``(A,)`` / ``(B, A)`` condition indices
 CONDITION_KEY = "condition"
-
-
-def _level(value: Any) -> str:
-    # the canonical level names of fairmonai.cohort: 1, 1.0 and "1" are one level
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 class AttributeEncoder:
@@ -61,7 +52,7 @@ class AttributeEncoder:
             raise ValueError("an AttributeEncoder needs at least one attribute")
         self.levels: dict[str, tuple[str, ...]] = {}
         for name, values in levels.items():
-            names = tuple(_level(v) for v in values)
+            names = tuple(level_name(v) for v in values)
             if not names:
                 raise ValueError(f"attribute {name!r} has no levels")
             if len(set(names)) != len(names):
@@ -138,7 +129,7 @@ class AttributeEncoder:
         """Index of one attribute level; InputError naming attribute, value and known levels otherwise."""
         if attribute not in self._index:
             raise InputError(f"is not a conditioning attribute; the model knows {list(self.levels)}", field=attribute)
-        level = _level(value)
+        level = level_name(value)
         try:
             return self._index[attribute][level]
         except KeyError:
