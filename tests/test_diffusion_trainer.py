@@ -507,4 +507,6 @@ def test_gradient_aware_sampler_and_group_dro_work_unchanged(phantom):
     assert not torch.allclose(sampler.sample_weights, before)
     # group DRO got each batch's groups through the loss hook and re-weighted them
     assert not torch.allclose(loss.q, q0)
-    assert set(run.trainer.state.metrics) == {f"train_loss/{indexer.key(i)}" for i in range(len(indexer))}
+    # per-group losses are named as GroupSpec.name names the groups ("sex=F, age=<60, bmi=<25, label=0")
+    spec = default_groups("cardiac")
+    assert set(run.trainer.state.metrics) == {f"train_loss/{spec.name(indexer.key(i))}" for i in range(len(indexer))}

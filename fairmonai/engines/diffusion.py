@@ -550,6 +550,14 @@ def _resolve_loss(loss: str | Callable | None, options: Mapping[str, Any] | None
     return loss
 
 
+def _group_name(key: Sequence[str], encoder: AttributeEncoder | None) -> str:
+    """``sex=F, age=<60, ...`` (the names GroupSpec.name gives) when the encoder names the key's fields."""
+    fields = list(encoder.attributes) if encoder is not None else []
+    if len(fields) == len(key):
+        return ", ".join(f"{f}={v}" for f, v in zip(fields, key, strict=True))
+    return "/".join(str(v) for v in key)
+
+
 def build_diffusion_trainer(
     network: nn.Module,
     train_loader: Iterable,
@@ -712,7 +720,7 @@ def build_diffusion_trainer(
 
         attach.append(LrScheduleHandler(lr_scheduler, print_lr=False))
     if group_names is None and indexer is not None:
-        group_names = [str(indexer.key(i)) for i in range(len(indexer))]
+        group_names = [_group_name(indexer.key(i), encoder) for i in range(len(indexer))]
     if group_names is not None:
         attach.append(GroupLossHandler(group_names, path=group_history))
     if tensorboard_dir is not None and rank() == 0:
