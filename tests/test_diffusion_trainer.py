@@ -64,13 +64,17 @@ def phantom(tmp_path_factory):
     }
 
 
-def _denoiser(encoder: AttributeEncoder, seed: int = 0) -> ConditionedDenoiser:
-    torch.manual_seed(seed)
+def _denoiser(
+    encoder: AttributeEncoder, seed: int | None = 0, channels: int = 3, widths: tuple[int, int] = (8, 16)
+) -> ConditionedDenoiser:
+    """The tiny conditioned UNet of these tests (``channels`` 4 for latents; ``seed`` None keeps the RNG as it is)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     unet = DiffusionModelUNet(
         spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(8, 16),
+        in_channels=channels,
+        out_channels=channels,
+        channels=widths,
         attention_levels=(False, True),
         num_res_blocks=1,
         num_head_channels=8,
@@ -309,20 +313,8 @@ def test_latent_diffusion_trains_on_the_frozen_autoencoders_latents(phantom):
         attention_levels=(False, False),
     )
     frozen = {k: v.clone() for k, v in autoencoder.state_dict().items()}
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=4,
-        out_channels=4,
-        channels=(8, 16),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=8,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=DIM,
-    )
     run = build_diffusion_trainer(
-        ConditionedDenoiser.build(unet, phantom["encoder"]),
+        _denoiser(phantom["encoder"], seed=None, channels=4),  # the RNG continues from the autoencoder's init
         _loader(phantom["dataset"], batch_size=12),
         DDPMScheduler(num_train_timesteps=100),
         autoencoder=autoencoder,
@@ -405,19 +397,7 @@ def test_sampling_loads_the_ema_weights_and_names_a_config_mismatch(phantom, tmp
     raw = run.network.state_dict()
     assert all(torch.equal(v, raw[k]) for k, v in fresh.state_dict().items() if torch.is_tensor(v))
 
-    wider = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(8, 32),
-        attention_levels=(False, True),
-        num_res_blocks=1,
-        num_head_channels=8,
-        norm_num_groups=8,
-        with_conditioning=True,
-        cross_attention_dim=DIM,
-    )
-    other = ConditionedDenoiser.build(wider, phantom["encoder"])
+    other = _denoiser(phantom["encoder"], seed=None, widths=(8, 32))
     with pytest.raises(ValueError, match=r"another model configuration \(shape mismatch: unet\.\S+: checkpoint \("):
         load_sampling_weights(other, tmp_path / "ckpt")
     (tmp_path / "empty").mkdir()
