@@ -88,15 +88,11 @@ def main(out_dir: str, kill_at: str | None = None) -> None:
         kill_at_write(int(kill_at))
         synthesizer(out_dir).run()
         return
-    import torch
-
-    from fairmonai.engines.distributed import init_distributed
+    from fairmonai.engines.distributed import init_distributed, shutdown_distributed
 
     init_distributed("gloo")
-    try:
-        synthesizer(out_dir).run()
-    finally:
-        torch.distributed.destroy_process_group()
+    synthesizer(out_dir).run()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

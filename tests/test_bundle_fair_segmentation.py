@@ -469,7 +469,7 @@ def test_torchrun_two_processes(phantom: Path, tmp_path: Path) -> None:
         "  - \"$open(os.path.join(@output_dir, 'rank%d.json' % torch.distributed.get_rank()), 'w').write("
         "json.dumps({'iterations': @train#trainer.state.iteration, 'samples': len(@train#dataloader.sampler), "
         "'sampler': type(@train#dataloader.sampler).__name__, 'network': type(@network).__name__}))\"\n"
-        '  - "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()"\n'
+        '  - "$fairmonai.engines.shutdown_distributed()"\n'
     )
     args = _bundle_cmd(["train.yaml", "multi_gpu_train.yaml", str(report)], phantom, out, epochs=1)
     args[args.index("run") + 1 : args.index("run") + 1] = ["run"]  # run id, as in the documented command

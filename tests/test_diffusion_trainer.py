@@ -411,6 +411,7 @@ sys.path.insert(0, sys.argv[1])
 from test_diffusion_trainer import _denoiser, _loader
 from monai.networks.schedulers import DDPMScheduler
 from fairmonai.engines import build_dataset, build_sampler, init_distributed, load_cohorts, task_items
+from fairmonai.engines import shutdown_distributed
 from fairmonai.engines.diffusion import build_diffusion_trainer
 from fairmonai.generators.conditioning import AttributeEncoder
 from fairmonai.losses.weighted import GroupIndexer
@@ -435,7 +436,7 @@ run = build_diffusion_trainer(
 )
 run.run()
 torch.save({"network": run.network.module.state_dict(), "ema": run.ema.state_dict()}, f"{sys.argv[3]}/rank{rank}.pt")
-torch.distributed.destroy_process_group()
+shutdown_distributed()
 """
 
 

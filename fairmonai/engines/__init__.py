@@ -21,7 +21,7 @@ from fairmonai.engines.checkpoint import (
     resumable,
 )
 from fairmonai.engines.data import TASKS, build_dataset, load_cohorts, task_items
-from fairmonai.engines.distributed import init_distributed, rank
+from fairmonai.engines.distributed import init_distributed, rank, shutdown_distributed
 from fairmonai.engines.factories import (
     build_loss,
     build_sampler,
@@ -54,6 +54,7 @@ __all__ = [
     "engine_loss",
     "evaluator_fairness_handlers",
     "init_distributed",
+    "shutdown_distributed",
     "install_error_hook",
     "latest_checkpoint",
     "load_cohorts",

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["rank", "world_size", "distributed_device", "init_distributed"]
+__all__ = ["rank", "world_size", "distributed_device", "init_distributed", "shutdown_distributed"]
 
 
 def rank() -> int:
@@ -47,3 +47,15 @@ def init_distributed(backend: str | None = None) -> int:
 
     idist.sync()
     return torch.distributed.get_rank()
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then destroy the default process group (a no-op outside ``torch.distributed``).
+
+    Rank 0 still saves checkpoints and writes results after the other ranks have finished training; a rank that
+    destroys the group while a peer is still connected can abort the whole run (gloo: ``terminate called without
+    an active exception``), so all ranks meet at a barrier first.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
