@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_fair_segmentation.py --out bench/results
 	$(BIN)/python bench/bench_sampling.py --out bench/results
 	$(BIN)/python bench/bench_diffusion_trainer.py --out bench/results
+	$(BIN)/python bench/bench_cardiac_cine_ldm.py --subjects 24 --image-size 32 --batch-size 8 --iterations 8 \
+		--repeats 3 --threads 1 --out bench/results
 
 clean:
 	rm -rf $(DEMO_OUT) bench/results .pytest_cache .ruff_cache
