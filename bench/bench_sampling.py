@@ -6,12 +6,23 @@ ratio DDPM-1000 / DPM-Solver++-20. ``--device cuda`` runs the UNet under bf16 au
 
 Quality without a trained network: every sampler is also run with ``GaussianDataDenoiser``, the exact denoiser of
 data drawn from N(mu, sigma^2); the error of the samples' mean and std against (mu, sigma) is the solver's own
-discretisation error. FID needs a trained generator and a feature extractor: ``--fid`` is the hook for it and stops
-with a message until a trained generator exists (issue 14's later bundle).
+discretisation error.
+
+FID of a trained generator (``--generator DIR``, a cardiac_cine_ldm model_dir: ``autoencoder.pt``, ``diffusion.pt``,
+``controlnet.pt`` (optional), ``latent_scale.json``, loaded with ``cardiac_ldm.load_generator``): for each sampler,
+``--fid-samples`` images are generated under the SAME conditions and seeds (the attribute levels and masks of real
+training records of ``--manifest``, default the built-in phantom as the bundle builds it, taken in a seeded order),
+and the FID (domain features: the penultimate features of a classifier trained on the real cohort, built by
+``generation_eval.domain_features`` as evaluate.yaml builds it, default ``<DIR>/reference/attribute_label.pt``, a
+ResNet-10) against all real training images is reported per sampler, with ``fid_rel_to_ddpm`` and the images/s of
+the generator's own sampling (decoding included). Target: DPM-Solver++-20 within 10 % of DDPM-1000's FID and at
+least 40x faster. ``fid_real_subset`` (as many real images as samples, against all of them) is the floor an FID
+at that sample size can reach.
 
     python bench/bench_sampling.py                                   # CPU, 32 px, batch 4, full step counts
     python bench/bench_sampling.py --size 16 --batch 2 --repeats 1   # smoke
     python bench/bench_sampling.py --device cuda --size 64 --batch 32 --channels 64,128,256
+    python bench/bench_sampling.py --device cuda --generator bundles/cardiac_cine_ldm/models --fid-samples 512
 
 Writes ``bench/results/sampling.json`` (atomically).
 """
@@ -20,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +60,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mu", type=float, default=1.0, help="mean of the analytic Gaussian data")
     p.add_argument("--sigma", type=float, default=0.5, help="std of the analytic Gaussian data")
     p.add_argument("--quality-values", type=int, default=65536, help="sample values per solver for mean/std")
-    p.add_argument("--fid", metavar="CHECKPOINT", help="FID of a trained generator (not available yet, see docstring)")
+    g = p.add_argument_group("FID of a trained cardiac_cine_ldm generator")
+    g.add_argument("--generator", "--fid", metavar="DIR", help="model_dir of a trained cardiac_cine_ldm generator")
+    g.add_argument("--manifest", help="real cohort manifest (default: the built-in phantom, as the bundle builds it)")
+    g.add_argument("--phantom-dir", help="where the built-in phantom is written (default: a temporary folder)")
+    g.add_argument("--phantom-subjects", type=int, default=240, help="built-in phantom size (the bundle's default)")
+    g.add_argument("--groups", default="cardiac", help="group spec of the cohort")
+    g.add_argument("--feature-ckpt", help="FID feature classifier (default: <DIR>/reference/attribute_label.pt)")
+    g.add_argument("--feature-network", default="resnet10", help="its network (evaluate.yaml's attribute_network)")
+    g.add_argument("--feature-num-classes", type=int, default=2)
+    g.add_argument("--fid-samples", type=int, default=64, help="generated images per sampler")
+    g.add_argument("--fid-batch", type=int, default=8, help="samples denoised together")
+    g.add_argument("--fid-image-size", type=int, default=64, help="size of real and generated images (evaluate.yaml)")
+    g.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance (inference.yaml)")
+    g.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet residual scale")
+    g.add_argument("--no-controlnet", action="store_true", help="sample without <DIR>/controlnet.pt")
+    g.add_argument("--autoencoder-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
+    g.add_argument("--unet-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
+    g.add_argument("--controlnet-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
+    g.add_argument("--num-train-timesteps", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -105,17 +136,159 @@ def gaussian_error(train, name, steps, kw, args, device) -> dict[str, float]:
     }
 
 
+def generator_paths(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The model files of ``--generator`` (and the feature classifier), checked before anything runs."""
+    root = Path(args.generator)
+    paths: dict[str, Path | None] = {
+        "autoencoder": root / "autoencoder.pt",
+        "diffusion": root / "diffusion.pt",
+        "controlnet": None if args.no_controlnet else root / "controlnet.pt",
+        "scale": root / "latent_scale.json",
+        "feature_ckpt": Path(args.feature_ckpt) if args.feature_ckpt else root / "reference" / "attribute_label.pt",
+    }
+    if paths["controlnet"] is not None and not paths["controlnet"].is_file():
+        paths["controlnet"] = None  # optional: the generator then samples without one
+    missing = [f"{k} ({v})" for k, v in paths.items() if v is not None and not v.is_file()]
+    if missing:
+        raise SystemExit(
+            f"--generator {root}: missing {', '.join(missing)}; train the bundle's stages into that model_dir "
+            "(the feature classifier: evaluate.yaml with --fit_reference_models true, or --feature-ckpt)"
+        )
+    return paths
+
+
+def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[str, Path | None]) -> dict[str, Any]:
+    """FID (domain features) and images/s of a trained cardiac_cine_ldm generator under each sampler.
+
+    Every sampler generates ``--fid-samples`` images from the same conditions (the attribute levels and the mask of
+    real training records, in a seeded order, cycled when there are fewer records) and the same seeds, in the same
+    batches; the FID is against every real training image. Sampling runs as inference.yaml samples (float32).
+    """
+    import numpy as np
+
+    from fairmonai.cohort import Cohort
+    from fairmonai.engines import generation_eval
+    from fairmonai.engines.classification import cohort_manifest
+    from fairmonai.engines.data import group_spec
+    from fairmonai.generators import cardiac_ldm
+    from fairmonai.metrics.synthesis import fid
+
+    base = cardiac_ldm.load_generator(
+        paths["autoencoder"],
+        paths["diffusion"],
+        paths["controlnet"],
+        paths["scale"],
+        autoencoder_options=args.autoencoder_options,
+        unet_options=args.unet_options,
+        controlnet_options=args.controlnet_options,
+        num_train_timesteps=args.num_train_timesteps,
+        device=device,
+    )
+    extractor = generation_eval.domain_features(
+        paths["feature_ckpt"],
+        network_name=args.feature_network,
+        num_classes=args.feature_num_classes,
+        image_size=args.fid_image_size,
+        device=device,
+        batch_size=32,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = cohort_manifest(
+            args.manifest, args.phantom_dir or Path(tmp) / "cardiac_phantom", args.phantom_subjects
+        )
+        spec = group_spec(args.groups)
+        training = Cohort.from_manifest(manifest, spec).split("training")
+        real = generation_eval.load_images(training, spec, image_size=args.fid_image_size, what="real training split")
+    real_features = extractor(real.images)
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    picks = [order[i % len(real)] for i in range(args.fid_samples)]
+    attribute_levels = {a: real.levels(a) for a in base.encoder.attributes}
+    levels = [{a: attribute_levels[a][i] for a in attribute_levels} for i in picks]
+    masks = [real.masks[i].numpy().astype(np.uint8) for i in picks]
+    seeds = [args.seed + 1 + i for i in range(args.fid_samples)]
+    chunks = [slice(s, s + args.fid_batch) for s in range(0, args.fid_samples, args.fid_batch)]
+    floor = real.subset(sorted(set(picks)))  # as many distinct real records as samples (at most all)
+
+    def generator(name: str, steps: int) -> cardiac_ldm.CardiacLDMGenerator:
+        return cardiac_ldm.CardiacLDMGenerator(
+            base.autoencoder,
+            base.denoiser,
+            base.controlnet,
+            base.train_scheduler,
+            scale_factor=base.scale_factor,
+            sampler=name,
+            num_inference_steps=steps,
+            guidance_scale=args.guidance_scale,
+            conditioning_scale=args.conditioning_scale,
+            device=device,
+        )
+
+    rows = []
+    for label, name, steps, kw in solvers(args):
+        if kw:
+            continue  # the three samplers only
+        c = chunks[0]
+        generator(name, 1).generate_batch(levels[c], masks[c], seeds[c])  # untimed one-step warm-up
+        gen = generator(name, steps)
+        images: list[np.ndarray] = []
+        _sync(device)
+        t0 = time.perf_counter()
+        for c in chunks:
+            images += gen.generate_batch(levels[c], masks[c], seeds[c])
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        value = fid(real_features, extractor(torch.as_tensor(np.stack(images))))
+        row = {
+            "solver": label,
+            "steps": steps,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(args.fid_samples / seconds, 4),
+            "fid": round(value, 4),
+        }
+        rows.append(row)
+        print(row, flush=True)
+    ddpm, dpm = rows[0], rows[-1]
+    for row in rows:
+        row["fid_rel_to_ddpm"] = round(row["fid"] / ddpm["fid"], 4) if ddpm["fid"] > 0 else None
+    rel, speed = dpm["fid_rel_to_ddpm"], ddpm["seconds"] / dpm["seconds"]
+    full = (args.ddpm_steps, args.dpm_steps) == (1000, 20)
+    return {
+        "generator": str(Path(args.generator)),
+        "controlnet": paths["controlnet"] is not None,
+        "manifest": str(args.manifest)
+        if args.manifest
+        else f"built-in cardiac phantom, {args.phantom_subjects} subjects",
+        "real_training_images": len(real),
+        "samples_per_solver": args.fid_samples,
+        "sample_batch": args.fid_batch,
+        "image_size": args.fid_image_size,
+        "guidance_scale": args.guidance_scale,
+        "conditioning_scale": args.conditioning_scale,
+        "precision": "float32 (as inference.yaml samples)",
+        "conditions": "attribute levels and masks of real training records (seeded order); same seeds every solver",
+        "features": extractor.description,
+        "fid_real_subset": round(fid(real_features, extractor(floor.images)), 4),
+        "fid_real_subset_note": "FID of as many real training images as samples (at most all) against all of them: "
+        "the floor at this sample size",
+        "solvers": rows,
+        "time_ratio_ddpm_over_dpmsolver": round(speed, 2),
+        "targets": {
+            "dpmsolver_fid_rel_to_ddpm_max": 1.10,
+            "dpmsolver_speedup_min": 40.0,
+            "fid_met": None if rel is None else rel <= 1.10,
+            "speed_met": speed >= 40.0,
+            "comparable": full,
+            "note": "targets refer to DDPM-1000 against DPM-Solver++-20" + ("" if full else "; other steps ran here"),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.fid:
-        raise SystemExit(
-            "--fid needs a trained generator and a feature extractor (e.g. a trained cardiac_cine_ldm bundle "
-            "checkpoint and an Inception/RadImageNet network); neither exists yet, so FID is not measured here. "
-            "Run without --fid for the exact-Gaussian-denoiser error of each solver instead."
-        )
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    paths = generator_paths(args) if args.generator else None  # fail before the long runs
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in args.channels.split(","))
     model = (
@@ -169,8 +342,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "time_ratio_ddpm_over_dpmsolver": round(
             statistics.median(ddpm["seconds_per_batch"]) / statistics.median(dpm["seconds_per_batch"]), 2
         ),
-        "peak_rss_mb": peak_rss_mb(),
     }
+    if paths is not None:
+        report["generator_fid"] = generator_fid(args, device, paths)
+    report["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         report["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     write_report(report, Path(args.out) / "sampling.json")
