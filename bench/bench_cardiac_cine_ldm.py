@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from benchlib import environment, peak_rss_mb, write_report
 from ignite.engine import Events
 from monai.bundle import ConfigParser
-from monai.data import DataLoader
+from monai.data import DataLoader, MetaTensor
 
 from fairmonai.engines import build_sampler
 from fairmonai.engines.diffusion import make_ema
@@ -73,13 +73,31 @@ def _durations(stamps: list[float], warmup: int) -> list[float]:
     return [b - a for a, b in zip(timed[:-1], timed[1:], strict=True)]
 
 
+def _plain(value: Any) -> Any:
+    return value.as_tensor() if isinstance(value, MetaTensor) else value
+
+
+def compile_unet(net: torch.nn.Module) -> None:
+    """``torch.compile`` the denoiser's UNet in place (the module type and state-dict keys stay as they are).
+
+    The batches are MONAI ``MetaTensor``s (so are the latents and the noise drawn from them), which torch.compile's
+    autograd cannot trace: a pre-hook on the (uncompiled) outer denoiser hands the UNet plain tensors.
+    """
+
+    def hook(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return tuple(_plain(a) for a in args), {k: _plain(v) for k, v in kwargs.items()}
+
+    net.register_forward_pre_hook(hook, with_kwargs=True)
+    net.unet.compile()
+
+
 def time_bundle(parser: ConfigParser, args: argparse.Namespace, device: torch.device) -> list[float]:
     """Durations (s) of the bundle trainer's iterations after the warm-up, data loading and handlers included."""
     for i in range(len(parser["initialize"])):
         parser.get_parsed_content(f"initialize#{i}")
     trainer = parser.get_parsed_content("train#trainer")
-    if args.compile:  # after the trainer (and its EMA copy) is built, in place: the module type stays the same
-        parser.get_parsed_content("network").unet.compile()
+    if args.compile:  # after the trainer (and its EMA copy) is built
+        compile_unet(parser.get_parsed_content("network"))
     stamps: list[float] = []
 
     def stamp(_engine: Any) -> None:
@@ -98,7 +116,7 @@ def time_bare(shared: dict[str, Any], args: argparse.Namespace, device: torch.de
     net = cardiac_ldm.build_denoiser(encoder, args.unet_options).to(device)
     ema = make_ema(net, shared["ema_decay"])
     if args.compile:
-        net.unet.compile()
+        compile_unet(net)
     scheduler = cardiac_ldm.build_train_scheduler(shared["num_train_timesteps"], prediction_type="epsilon")
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=shared["learning_rate"])
     sampler = build_sampler(
@@ -178,8 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    # a small phantom leaves groups without training members: every parse of the bundle says so (once is enough)
-    warnings.filterwarnings("once", message=r".*(have no training member|declared groups have no record)")
+    # a small phantom leaves groups without training members, which every parse of the bundle would repeat
+    warnings.filterwarnings("ignore", message=r".*(have no training member|declared groups have no record)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

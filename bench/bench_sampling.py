@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--unet-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
     g.add_argument("--controlnet-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
     g.add_argument("--num-train-timesteps", type=int, default=1000)
+    g.add_argument(
+        "--prediction-type",
+        default="epsilon",
+        choices=("epsilon", "v_prediction", "sample"),
+        help="what the denoiser was trained to predict (train_diffusion.yaml's prediction_type)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -220,6 +226,8 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
             num_inference_steps=steps,
             guidance_scale=args.guidance_scale,
             conditioning_scale=args.conditioning_scale,
+            # load_generator's training scheduler is always epsilon: pass the trained prediction type on
+            sampler_options={"prediction_type": args.prediction_type},
             device=device,
         )
 
@@ -263,6 +271,7 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
         "sample_batch": args.fid_batch,
         "image_size": args.fid_image_size,
         "guidance_scale": args.guidance_scale,
+        "prediction_type": args.prediction_type,
         "conditioning_scale": args.conditioning_scale,
         "precision": "float32 (as inference.yaml samples)",
         "conditions": "attribute levels and masks of real training records (seeded order); same seeds every solver",
