@@ -145,6 +145,8 @@ def gaussian_error(train, name, steps, kw, args, device) -> dict[str, float]:
 def generator_paths(args: argparse.Namespace) -> dict[str, Path | None]:
     """The model files of ``--generator`` (and the feature classifier), checked before anything runs."""
     root = Path(args.generator)
+    if args.fid_samples < 2 or args.fid_batch < 1:
+        raise SystemExit("--fid-samples must be >= 2 (an FID needs a covariance) and --fid-batch >= 1")
     paths: dict[str, Path | None] = {
         "autoencoder": root / "autoencoder.pt",
         "diffusion": root / "diffusion.pt",
