@@ -78,12 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--autoencoder-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
     g.add_argument("--unet-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
     g.add_argument("--controlnet-options", type=json.loads, default={}, help="JSON, as the bundle's stages")
-    g.add_argument("--num-train-timesteps", type=int, default=1000)
+    g.add_argument("--num-train-timesteps", type=int, default=None, help="default: <DIR>/diffusion_scheduler.json")
     g.add_argument(
         "--prediction-type",
-        default="epsilon",
+        default=None,
         choices=("epsilon", "v_prediction", "sample"),
-        help="what the denoiser was trained to predict (train_diffusion.yaml's prediction_type)",
+        help="what the denoiser was trained to predict (default: as <DIR>/diffusion_scheduler.json records)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -190,6 +190,8 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
         unet_options=args.unet_options,
         controlnet_options=args.controlnet_options,
         num_train_timesteps=args.num_train_timesteps,
+        prediction_type=args.prediction_type,
+        scheduler_path=Path(args.generator) / "diffusion_scheduler.json",
         device=device,
     )
     extractor = generation_eval.domain_features(
@@ -228,8 +230,6 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
             num_inference_steps=steps,
             guidance_scale=args.guidance_scale,
             conditioning_scale=args.conditioning_scale,
-            # load_generator's training scheduler is always epsilon: pass the trained prediction type on
-            sampler_options={"prediction_type": args.prediction_type},
             device=device,
         )
 
@@ -273,7 +273,7 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
         "sample_batch": args.fid_batch,
         "image_size": args.fid_image_size,
         "guidance_scale": args.guidance_scale,
-        "prediction_type": args.prediction_type,
+        "prediction_type": base.train_scheduler.prediction_type,
         "conditioning_scale": args.conditioning_scale,
         "precision": "float32 (as inference.yaml samples)",
         "conditions": "attribute levels and masks of real training records (seeded order); same seeds every solver",

@@ -370,6 +370,30 @@ def test_condition_value_not_trained_on_is_named(trained: dict) -> None:
         gen.condition({"sex": "X", "age": "<60", "bmi": "<25", "label": "1"})
 
 
+def test_the_diffusion_stage_records_its_scheduler_and_later_stages_keep_to_it(trained: dict, tmp_path: Path) -> None:
+    models = Path(trained["values"]["model_dir"])
+    record = json.loads((models / "diffusion_scheduler.json").read_text())
+    assert (record["num_train_timesteps"], record["prediction_type"]) == (1000, "epsilon")
+    assert trained["controlnet"][0].get_parsed_content("train_scheduler").prediction_type == "epsilon"
+    v_record = ldm.write_scheduler_record(tmp_path / "v.json", 500, "v_prediction")
+    gen = ldm.load_generator(
+        models / "autoencoder.pt",
+        models / "diffusion.pt",
+        None,
+        models / "latent_scale.json",
+        scheduler_path=v_record,
+        autoencoder_options=AE_OPTIONS,
+        unet_options=UNET_OPTIONS,
+    )
+    # sampling follows the record (a v-prediction model sampled as epsilon would give noise, silently)
+    assert (gen.train_scheduler.prediction_type, gen.train_scheduler.num_train_timesteps) == ("v_prediction", 500)
+    with pytest.raises(InputError, match=r"field 'prediction_type'.*'epsilon' but the diffusion model was trained"):
+        ldm.recorded_train_scheduler(v_record, prediction_type="epsilon")
+    with pytest.warns(RuntimeWarning, match="no diffusion scheduler record"):
+        assumed = ldm.recorded_train_scheduler(tmp_path / "none.json", prediction_type="sample")
+    assert (assumed.prediction_type, assumed.num_train_timesteps) == ("sample", 1000)
+
+
 def test_target_table_naming_an_unknown_group(trained: dict, tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         _inference(trained, tmp_path / "bad", target={"sex=X, age=<60, bmi=<25, label=1": 3})

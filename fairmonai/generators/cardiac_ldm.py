@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ __all__ = [
     "build_denoiser",
     "build_controlnet",
     "build_train_scheduler",
+    "write_scheduler_record",
+    "recorded_train_scheduler",
     "AutoencoderLoss",
     "AutoencoderPrepareBatch",
     "ScaleMaskd",
@@ -178,6 +181,60 @@ def build_train_scheduler(num_train_timesteps: int = 1000, schedule: str = "scal
     kw.setdefault("beta_start", 0.0015)
     kw.setdefault("beta_end", 0.0195)
     return DDPMScheduler(num_train_timesteps=int(num_train_timesteps), schedule=schedule, **kw)
+
+
+#: what the diffusion stage records beside its weights, so that the ControlNet stage and sampling cannot use
+#: another noise schedule or prediction type than the denoiser was trained with
+_SCHEDULER_FIELDS = ("num_train_timesteps", "prediction_type")
+
+
+def write_scheduler_record(path: str | os.PathLike, num_train_timesteps: int, prediction_type: str) -> Path:
+    """Record the training scheduler's settings of the diffusion stage (``diffusion_scheduler.json``), atomically."""
+    from fairmonai.engines.results import write_json
+
+    record = {"num_train_timesteps": int(num_train_timesteps), "prediction_type": str(prediction_type)}
+    return write_json({**record, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}, path)
+
+
+def recorded_train_scheduler(
+    path: str | os.PathLike | None,
+    num_train_timesteps: int | None = None,
+    prediction_type: str | None = None,
+):
+    """The training scheduler the diffusion stage recorded at ``path``; settings given here must agree with it.
+
+    ``None`` settings take the recorded values. A setting that contradicts the record stops with both values
+    (a ControlNet or a sampler with another prediction type would silently produce noise). Without a record
+    (``path`` None, or a model trained before records existed) the given settings are used, defaulting to
+    1000 steps and ``epsilon`` with a warning when the file is missing.
+    """
+    given = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
+    settings = {"num_train_timesteps": 1000, "prediction_type": "epsilon"}
+    if path is not None and Path(path).is_file():
+        try:
+            record = json.loads(Path(path).read_text(encoding="utf-8"))
+            recorded = {k: record[k] for k in _SCHEDULER_FIELDS}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"not a diffusion scheduler record ({exc})", path=path) from None
+        for key, value in given.items():
+            if value is not None and str(value) != str(recorded[key]):
+                raise InputError(
+                    f"{key} is {value!r} but the diffusion model was trained with {recorded[key]!r}; "
+                    f"leave {key} unset (null) to use the recorded value",
+                    path=path,
+                    field=key,
+                )
+        settings = recorded
+    else:
+        if path is not None:
+            warnings.warn(
+                f"{path}: no diffusion scheduler record; assuming "
+                + ", ".join(f"{k}={given[k] if given[k] is not None else settings[k]!r}" for k in _SCHEDULER_FIELDS),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        settings.update({k: v for k, v in given.items() if v is not None})
+    return build_train_scheduler(int(settings["num_train_timesteps"]), prediction_type=str(settings["prediction_type"]))
 
 
 # ============================================================================================ autoencoder
@@ -657,13 +714,16 @@ def load_generator(
     autoencoder_options: Mapping[str, Any] | None = None,
     unet_options: Mapping[str, Any] | None = None,
     controlnet_options: Mapping[str, Any] | None = None,
-    num_train_timesteps: int = 1000,
+    num_train_timesteps: int | None = None,
+    prediction_type: str | None = None,
+    scheduler_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     **kwargs: Any,
 ) -> CardiacLDMGenerator:
     """:class:`CardiacLDMGenerator` from the three stages' weights (model files or checkpoint folders) and the
     recorded latent scale; ``kwargs`` are the generator's sampling settings. ``controlnet_path`` None samples
-    without the ControlNet (the mask is still written beside the image)."""
+    without the ControlNet (the mask is still written beside the image). The noise schedule and prediction
+    type come from the diffusion stage's record ``scheduler_path`` (:func:`recorded_train_scheduler`)."""
     autoencoder = load_autoencoder(autoencoder_path, autoencoder_options, device)
     denoiser = load_denoiser(diffusion_path, unet_options, device)
     controlnet = None
@@ -673,7 +733,7 @@ def load_generator(
         autoencoder,
         denoiser,
         controlnet,
-        build_train_scheduler(num_train_timesteps),
+        recorded_train_scheduler(scheduler_path, num_train_timesteps, prediction_type),
         scale_factor=read_scale_factor(scale_path),
         device=device,
         **kwargs,
