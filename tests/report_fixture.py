@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,121 @@ def write_run_dir(run: Path, report: dict[str, Any] | None = None) -> Path:
     (run / "audit" / "audit.html").write_text("<!DOCTYPE html><html><body>audit</body></html>")
     (run / "report.json").write_text(json.dumps(make_report() if report is None else report, indent=1))
     return run
+
+
+# ---------------------------------------------------------------------------------------------- reading the page back
+class _PageParser(HTMLParser):
+    """Collects every <img> and, per table id, every cell with a ``data-value`` (its data-* attributes and text)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.images: list[dict[str, str | None]] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.tables: dict[str, list[dict[str, str]]] = {}
+        self._table: str | None = None
+        self._cell: dict[str, str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs_d = dict(attrs)
+        self.tags.append((tag, attrs_d))
+        if tag == "img":
+            self.images.append(attrs_d)
+        elif tag == "table":
+            self._table = attrs_d.get("id")
+            if self._table:
+                self.tables[self._table] = []
+        elif tag == "td" and self._table and "data-value" in attrs_d:
+            self._cell = {k[5:]: v or "" for k, v in attrs_d.items() if k.startswith("data-")}
+            self._cell["text"] = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.tables[self._table].append(self._cell)
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+
+
+def parse_page(text: str) -> _PageParser:
+    parser = _PageParser()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "\u2013"  # the en dash the page shows for null
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def expected_cells(report: dict[str, Any]) -> list[tuple[str, dict[str, str], Any, str]]:
+    """Every numeric cell the page must hold: (table id, data-* attributes that find it, JSON value, shown text).
+
+    Table ids of the fixture's attributes are their names (``groups-sex``, ``fairness-age``).
+    """
+    out: list[tuple[str, dict[str, str], Any, str]] = []
+    for split, n in report["cohort"]["splits"].items():
+        out.append(("splits", {"split": split}, n, _fmt(n)))
+    for g in report["cohort"]["groups"]:
+        for col in ("training", "validation", "test", "synthetic"):
+            out.append(("cohort-composition", {"group": g["group"], "column": col}, g[col], _fmt(g[col])))
+    for arm in report["arms"]:
+        name = arm["name"]
+        out.append(("overall", {"arm": name, "stat": "seeds"}, len(arm["runs"]), str(len(arm["runs"]))))
+        if not arm["runs"]:
+            continue
+        for m, stat in arm["overall"].items():
+            for s in ("mean", "std"):
+                out.append(("overall", {"arm": name, "metric": m, "stat": s}, stat[s], _fmt(stat[s])))
+        for attr, entry in arm["attributes"].items():
+            for m, stat in entry["fairness"].items():
+                for s in ("mean", "std"):
+                    out.append((f"fairness-{attr}", {"arm": name, "metric": m, "stat": s}, stat[s], _fmt(stat[s])))
+            for g in entry["groups"]:
+                where = {"arm": name, "group": g["group"]}
+                out.append((f"groups-{attr}", {**where, "stat": "count"}, g["count"], _fmt(g["count"])))
+                for m in report["metrics"]:
+                    for s in ("mean", "std", "ci_low", "ci_high"):
+                        value = g[m][s]
+                        out.append((f"groups-{attr}", {**where, "metric": m, "stat": s}, value, _fmt(value)))
+    for step in report["steps"]:
+        out.append(("steps-table", {"step": step["name"]}, step["seconds"], _fmt(step["seconds"], 1)))
+    total = sum(s["seconds"] or 0 for s in report["steps"])
+    out.append(("steps-table", {"step": "total"}, total, _fmt(total, 1)))
+    if report["generator"] and report["generator"]["metrics"]:
+        for m, v in report["generator"]["metrics"].items():
+            out.append(("generator-metrics", {"metric": m}, v, _fmt(v)))
+    if report["synthesis"]:
+        for group, n in report["synthesis"]["counts"].items():
+            out.append(("synthesis-counts", {"group": group}, n, _fmt(n)))
+    return out
+
+
+def compare_tables(tables: dict[str, list[dict[str, str]]], report: dict[str, Any]) -> int:
+    """Assert that ``tables`` (table id -> cells as data-* dicts plus ``text``) hold exactly the report's numbers.
+
+    Every expected cell is found once, its ``data-value`` is the JSON value exactly and its text the value
+    rounded; no table holds a numeric cell that is not expected. Returns the number of cells compared.
+    """
+    expected = expected_cells(report)
+    for table, where, value, shown in expected:
+        assert table in tables, f"no table {table!r}"
+        found = [c for c in tables[table] if all(c.get(k) == v for k, v in where.items())]
+        assert len(found) == 1, f"{table} {where}: {len(found)} cells"
+        cell = found[0]
+        if value is None:
+            assert cell["value"] == "null", (table, where, cell)
+        else:
+            assert float(cell["value"]) == value, (table, where, cell["value"], value)
+        assert cell["text"].strip() == shown, (table, where, cell["text"], shown)
+    by_table: dict[str, int] = {}
+    for table, *_ in expected:
+        by_table[table] = by_table.get(table, 0) + 1
+    for table, n in by_table.items():
+        assert len(tables[table]) == n, f"{table}: {len(tables[table])} numeric cells, expected {n}"
+    return len(expected)
