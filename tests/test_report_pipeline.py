@@ -15,8 +15,7 @@ from report_fixture import SCRIPT, compare_tables, make_report, parse_page, writ
 
 from fairmonai.cli import main
 from fairmonai.errors import InputError
-from fairmonai.report import load_report, render_report
-from fairmonai.report import pipeline as pipeline_module
+from fairmonai.report import load_report, pipeline_figures, render_report
 
 FIGURES = {
     "cohort_composition.png",
@@ -188,7 +187,7 @@ def test_bad_file_writes_nothing_and_keeps_the_old_page(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(pipeline_module, "_plot_fairness", broken)
+    monkeypatch.setattr(pipeline_figures, "_plot_fairness", broken)
     with pytest.raises(RuntimeError, match="plotting failed"):
         render_report(run)
     assert {p.name: p.read_bytes() for p in (run / "figures").iterdir()} == before

@@ -1,8 +1,8 @@
 """The fairness pipeline's report: ``RUN_DIR/report.json`` turned into figures and one self-contained page.
 
 The pipeline (``bundles/fairness_pipeline``) writes ``report.json`` (schema ``fairmonai.pipeline_report/1``,
-``/work/wt/_notes/report_contract.md`` in the project notes, summarised in ``docs/report.md``); this module reads
-it back, checks it, draws every figure from the JSON alone (so ``fairmonai report RUN_DIR`` rebuilds the page
+described in ``docs/report.md`` and checked by :mod:`fairmonai.report.pipeline_schema`); this module reads it
+back, checks it, draws every figure from the JSON alone (so ``fairmonai report RUN_DIR`` rebuilds the page
 anywhere, without the models or the data) and writes ``RUN_DIR/report.html``: one file, images embedded as data
 URIs, CSS inline, no script and no network resource, so it opens offline and can be mailed as it is.
 
@@ -18,626 +18,32 @@ from __future__ import annotations
 
 import html
 import json
-import math
-import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from os import PathLike
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from fairmonai.errors import InputError
 from fairmonai.io.atomic import atomic_directory, atomic_write
-from fairmonai.report.common import BASE_CSS, FAVICON_LINK, png_data_uri, save_figure
+from fairmonai.report.common import BASE_CSS, FAVICON_LINK, png_data_uri
+from fairmonai.report.pipeline_figures import (
+    HIGHER_IS_BETTER,
+    LOWER_IS_BETTER,
+    arm_ran,
+    draw_figures,
+    group_names,
+    metric_label,
+    unique_slugs,
+)
+from fairmonai.report.pipeline_schema import REPORT_SCHEMA, SPLITS, load_report
 
 __all__ = ["REPORT_SCHEMA", "load_report", "render_report"]
 
-REPORT_SCHEMA = "fairmonai.pipeline_report/1"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 FIGURES_DIR = "figures"
-SPLITS = ("training", "validation", "test")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-# words for the metric names of report.json; an unknown name is shown with its underscores as spaces
-METRIC_LABELS = {
-    "balanced_accuracy": "balanced accuracy",
-    "auc": "AUC",
-    "dp": "DP",
-    "eo": "EO",
-    "nar": "NAR",
-    "es_auc": "ES-AUC",
-    "es_accuracy": "ES-Accuracy",
-    "balanced_accuracy_gap": "balanced accuracy gap",
-    "worst_balanced_accuracy": "worst-group balanced accuracy",
-}
-# which way is better, for the captions: gaps and differences shrink, equity-scaled scores and the worst group grow
-_LOWER_IS_BETTER = {"dp", "eo", "nar", "balanced_accuracy_gap"}
-_HIGHER_IS_BETTER = {"es_auc", "es_accuracy", "worst_balanced_accuracy", "balanced_accuracy", "auc"}
-# the downstream curves the pipeline records per epoch (others found in the histories are drawn after them)
-_DOWNSTREAM_CURVES = ("train_loss", "val_balanced_accuracy")
-
-
-def _label(name: str) -> str:
-    return METRIC_LABELS.get(name, name.replace("_", " "))
-
-
-# ---------------------------------------------------------------------------------------------- validation
-class _Checker:
-    """Checks report.json against the schema; every failure is an InputError naming the file and the key path.
-
-    It also normalises what it checks: NaN (which ``json`` reads from a bare ``NaN``) becomes None, as the
-    contract writes it, and absent optional keys get their documented defaults.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, field: str, message: str) -> None:
-        raise InputError(message, path=self.path, field=field)
-
-    def obj(self, value: Any, field: str) -> dict:
-        if not isinstance(value, dict):
-            self.fail(field, f"expected a JSON object, got {_kind(value)}")
-        return value
-
-    def seq(self, value: Any, field: str) -> list:
-        if not isinstance(value, list):
-            self.fail(field, f"expected a JSON list, got {_kind(value)}")
-        return value
-
-    def require(self, obj: Mapping, key: str, where: str) -> Any:
-        if key not in obj:
-            self.fail(_join(where, key), f"missing required key {key!r}")
-        return obj[key]
-
-    def text(self, value: Any, field: str, *, nullable: bool = False) -> str | None:
-        if value is None and nullable:
-            return None
-        if not isinstance(value, str):
-            self.fail(field, f"expected a string{' or null' if nullable else ''}, got {_kind(value)}")
-        return value
-
-    def number(self, value: Any, field: str) -> float | int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(field, f"expected a number or null, got {_kind(value)}")
-        if isinstance(value, float) and math.isnan(value):
-            return None  # the contract writes NaN as null
-        if isinstance(value, float) and math.isinf(value):
-            self.fail(field, f"value {value} is infinite; write null for a metric that is undefined")
-        return value
-
-    def count(self, value: Any, field: str) -> int | None:
-        value = self.number(value, field)
-        if value is None:
-            return None
-        if value < 0 or float(value) != int(value):
-            self.fail(field, f"expected a count (a non-negative whole number), got {value!r}")
-        return int(value)
-
-    def relative_path(self, value: Any, field: str) -> str | None:
-        """A path inside RUN_DIR, as the contract writes every referenced file."""
-        value = self.text(value, field, nullable=True)
-        if value is None:
-            return None
-        pure = PurePosixPath(value.replace("\\", "/"))
-        if not value or pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", value):
-            self.fail(field, f"{value!r} is not a path relative to the run folder (no absolute path, no '..')")
-        return value
-
-    def stat(self, value: Any, field: str, *, interval: bool = False) -> dict | None:
-        if value is None:
-            return None
-        stat = self.obj(value, field)
-        for key in ("mean", "std", *(("ci_low", "ci_high") if interval else ())):
-            stat[key] = self.number(self.require(stat, key, field), _join(field, key))
-        values = self.seq(stat.get("values", []), _join(field, "values"))
-        stat["values"] = [self.number(v, f"{_join(field, 'values')}[{i}]") for i, v in enumerate(values)]
-        return stat
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}.get(
-        type(value), "an object"
-    ) + (f" ({value!r})" if isinstance(value, bool | int | float | str) else "")
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _validate(data: Any, c: _Checker) -> dict:
-    report = c.obj(data, "")
-    schema = c.require(report, "schema", "")
-    if schema != REPORT_SCHEMA:
-        c.fail("schema", f"schema is {schema!r}; this fairmonai reads {REPORT_SCHEMA!r}")
-    c.text(c.require(report, "title", ""), "title")
-    report["created"] = c.text(report.get("created"), "created", nullable=True)
-    c.obj(c.require(report, "settings", ""), "settings")
-    versions = c.obj(c.require(report, "versions", ""), "versions")
-    for key, value in versions.items():
-        if isinstance(value, dict | list):
-            c.fail(f"versions.{key}", f"expected a version string, got {_kind(value)}")
-    machine = report.get("machine")
-    report["machine"] = {} if machine is None else c.obj(machine, "machine")
-    report["interval_note"] = c.text(report.get("interval_note"), "interval_note", nullable=True)
-
-    for i, step in enumerate(c.seq(c.require(report, "steps", ""), "steps")):
-        where = f"steps[{i}]"
-        c.obj(step, where)
-        c.text(c.require(step, "name", where), f"{where}.name")
-        c.text(c.require(step, "status", where), f"{where}.status")
-        step["seconds"] = c.number(step.get("seconds"), f"{where}.seconds")
-        step["key"] = c.text(step.get("key"), f"{where}.key", nullable=True)
-
-    cohort = c.obj(c.require(report, "cohort", ""), "cohort")
-    cohort["manifest"] = c.text(cohort.get("manifest"), "cohort.manifest", nullable=True)
-    cohort["audit_html"] = c.relative_path(cohort.get("audit_html"), "cohort.audit_html")
-    splits = c.obj(c.require(cohort, "splits", "cohort"), "cohort.splits")
-    for key in list(splits):
-        splits[key] = c.count(splits[key], f"cohort.splits.{key}")
-    for i, group in enumerate(c.seq(c.require(cohort, "groups", "cohort"), "cohort.groups")):
-        where = f"cohort.groups[{i}]"
-        c.obj(group, where)
-        c.text(c.require(group, "group", where), f"{where}.group")
-        for key in SPLITS:
-            group[key] = c.count(c.require(group, key, where), f"{where}.{key}")
-        group["synthetic"] = c.count(group.get("synthetic", 0), f"{where}.synthetic")
-
-    generator = report.get("generator")
-    if generator is not None:
-        c.obj(generator, "generator")
-        c.text(c.require(generator, "bundle", "generator"), "generator.bundle")
-        histories = c.obj(generator.get("histories") or {}, "generator.histories")
-        generator["histories"] = histories
-        for stage, history in histories.items():
-            _history(c, history, f"generator.histories.{stage}")
-        metrics = generator.get("metrics")
-        if metrics is not None:
-            for key, value in c.obj(metrics, "generator.metrics").items():
-                metrics[key] = c.number(value, f"generator.metrics.{key}")
-        generator["metrics"] = metrics
-        generator["grid_png"] = c.relative_path(generator.get("grid_png"), "generator.grid_png")
-    report["generator"] = generator
-
-    synthesis = report.get("synthesis")
-    if synthesis is not None:
-        c.obj(synthesis, "synthesis")
-        synthesis["manifest"] = c.text(synthesis.get("manifest"), "synthesis.manifest", nullable=True)
-        counts = c.obj(synthesis.get("counts") or {}, "synthesis.counts")
-        for key in list(counts):
-            counts[key] = c.count(counts[key], f"synthesis.counts.{key}")
-        synthesis["counts"] = counts
-        filt = synthesis.get("filter")
-        if filt is not None:
-            c.obj(filt, "synthesis.filter")
-            filt["name"] = c.text(filt.get("name", ""), "synthesis.filter.name")
-            for key in ("kept", "dropped"):
-                filt[key] = c.count(filt.get(key), f"synthesis.filter.{key}")
-        synthesis["filter"] = filt
-    report["synthesis"] = synthesis
-
-    names: dict[str, list[str]] = {}
-    for key in ("metrics", "fairness_metrics", "attributes"):
-        values = c.seq(c.require(report, key, ""), key)
-        names[key] = [c.text(v, f"{key}[{i}]") for i, v in enumerate(values)]
-
-    seen: set[str] = set()
-    for i, arm in enumerate(c.seq(c.require(report, "arms", ""), "arms")):
-        _validate_arm(c, arm, f"arms[{i}]", names)
-        if arm["name"] in seen:
-            c.fail(f"arms[{i}].name", f"arm name {arm['name']!r} is used twice")
-        seen.add(arm["name"])
-    return report
-
-
-def _history(c: _Checker, history: Any, where: str) -> list:
-    for j, entry in enumerate(c.seq(history, where)):
-        c.obj(entry, f"{where}[{j}]")
-        for key, value in entry.items():
-            entry[key] = c.number(value, f"{where}[{j}].{key}")
-    return history
-
-
-def _validate_arm(c: _Checker, arm: Any, where: str, names: Mapping[str, list[str]]) -> None:
-    c.obj(arm, where)
-    c.text(c.require(arm, "name", where), f"{where}.name")
-    c.text(c.require(arm, "label", where), f"{where}.label")
-    arm["description"] = c.text(arm.get("description", ""), f"{where}.description", nullable=True) or ""
-    baseline = c.require(arm, "baseline", where)
-    if not isinstance(baseline, bool):
-        c.fail(f"{where}.baseline", f"expected true or false, got {_kind(baseline)}")
-    seeds = c.seq(c.require(arm, "seeds", where), f"{where}.seeds")
-    for j, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            c.fail(f"{where}.seeds[{j}]", f"expected a whole number, got {_kind(seed)}")
-    runs = c.seq(c.require(arm, "runs", where), f"{where}.runs")
-    for j, run in enumerate(runs):
-        rw = f"{where}.runs[{j}]"
-        c.obj(run, rw)
-        run["seed"] = c.count(c.require(run, "seed", rw), f"{rw}.seed")
-        run["test_metrics"] = c.text(run.get("test_metrics"), f"{rw}.test_metrics", nullable=True)
-        run["history"] = _history(c, run.get("history") or [], f"{rw}.history")
-    ran = bool(runs)
-
-    overall = arm.get("overall")
-    overall = {} if overall is None and not ran else c.obj(c.require(arm, "overall", where), f"{where}.overall")
-    for metric in names["metrics"]:
-        if ran:
-            c.require(overall, metric, f"{where}.overall")
-        overall[metric] = c.stat(overall.get(metric), f"{where}.overall.{metric}")
-    arm["overall"] = overall
-
-    attributes = arm.get("attributes")
-    if attributes is None and not ran:
-        attributes = {}
-    attributes = c.obj(c.require(arm, "attributes", where) if ran else attributes, f"{where}.attributes")
-    arm["attributes"] = attributes
-    for attr in names["attributes"]:
-        aw = f"{where}.attributes.{attr}"
-        if attr not in attributes:
-            if ran:
-                c.fail(aw, f"missing required key {attr!r} (listed in 'attributes') in an arm that ran")
-            continue
-        entry = c.obj(attributes[attr], aw)
-        fairness = c.obj(c.require(entry, "fairness", aw), f"{aw}.fairness")
-        for metric in names["fairness_metrics"]:
-            if ran:
-                c.require(fairness, metric, f"{aw}.fairness")
-            fairness[metric] = c.stat(fairness.get(metric), f"{aw}.fairness.{metric}")
-        for k, group in enumerate(c.seq(c.require(entry, "groups", aw), f"{aw}.groups")):
-            gw = f"{aw}.groups[{k}]"
-            c.obj(group, gw)
-            c.text(c.require(group, "group", gw), f"{gw}.group")
-            group["count"] = c.count(c.require(group, "count", gw), f"{gw}.count")
-            for metric in names["metrics"]:
-                if ran:
-                    c.require(group, metric, gw)
-                group[metric] = c.stat(group.get(metric), f"{gw}.{metric}", interval=True)
-
-
-def load_report(path: str | PathLike) -> dict[str, Any]:
-    """Read and check a pipeline ``report.json`` (schema ``fairmonai.pipeline_report/1``).
-
-    Returns the report with NaN read as None and the optional keys filled with their defaults.
-
-    Raises:
-        InputError: the file is missing or not JSON, its ``schema`` is not this one, a required key is
-            missing or a value has the wrong type; the message names the file and the key path
-            (``arms[1].attributes.sex.groups[0].auc``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file: the pipeline writes report.json when it finishes", path=path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", path=path) from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: {exc}", path=path) from exc
-    return _validate(data, _Checker(path))
-
-
-# ---------------------------------------------------------------------------------------------- looks of the arms
-_BASELINE_COLOURS = ("#1f3b73", "#5b8db8", "#6b6b6b", "#2f6f4f", "#9aa9bd", "#8c7b5a")
-_BASELINE_MARKERS = ("o", "s", "^", "D", "v", "P")
-_SYNTHETIC_COLOURS = ("#d62728", "#ff7f0e", "#e377c2", "#9467bd")
-
-
-def _arm_styles(arms: Sequence[Mapping]) -> dict[str, dict[str, Any]]:
-    """One look per arm, the same in every figure: baselines in muted blues and greys with hollow markers,
-    the synthetic arm(s) in strong warm colours with filled stars, so the remedy stands out."""
-    styles: dict[str, dict[str, Any]] = {}
-    n_base = n_syn = 0
-    for arm in arms:
-        if arm["baseline"]:
-            colour = _BASELINE_COLOURS[n_base % len(_BASELINE_COLOURS)]
-            marker = _BASELINE_MARKERS[n_base % len(_BASELINE_MARKERS)]
-            styles[arm["name"]] = {"colour": colour, "marker": marker, "face": "white", "size": 6, "hatch": "//"}
-            styles[arm["name"]]["legend"] = f"{arm['label']} (baseline)"
-            n_base += 1
-        else:
-            colour = _SYNTHETIC_COLOURS[n_syn % len(_SYNTHETIC_COLOURS)]
-            styles[arm["name"]] = {"colour": colour, "marker": "*", "face": colour, "size": 11, "hatch": None}
-            styles[arm["name"]]["legend"] = f"{arm['label']} (synthetic)"
-            n_syn += 1
-    return styles
-
-
-def _slugs(names: Sequence[str]) -> dict[str, str]:
-    """File- and id-safe names, unique even when two names differ only in characters that are dropped."""
-    out: dict[str, str] = {}
-    used: set[str] = set()
-    for name in names:
-        base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "x"
-        slug, n = base, 2
-        while slug in used:
-            slug, n = f"{base}-{n}", n + 1
-        used.add(slug)
-        out[name] = slug
-    return out
-
-
-def _ran(arm: Mapping) -> bool:
-    return bool(arm["runs"])
-
-
-def _group_names(report: Mapping, attr: str) -> list[str]:
-    """Every group of ``attr`` in any arm, in the order the arms list them."""
-    names: list[str] = []
-    for arm in report["arms"]:
-        for g in arm["attributes"].get(attr, {}).get("groups", []):
-            if g["group"] not in names:
-                names.append(g["group"])
-    return names
-
-
-def _group_counts(report: Mapping, attr: str) -> dict[str, str]:
-    """Test records per group as the tick labels show them (all arms share the test split; if two arms
-    disagree, both numbers are shown rather than one picked)."""
-    counts: dict[str, list[int]] = {}
-    for arm in report["arms"]:
-        for g in arm["attributes"].get(attr, {}).get("groups", []):
-            if g["count"] is not None and g["count"] not in counts.setdefault(g["group"], []):
-                counts[g["group"]].append(g["count"])
-    return {name: "/".join(str(n) for n in sorted(ns)) or "?" for name, ns in counts.items()}
-
-
-# ---------------------------------------------------------------------------------------------- figures
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
-
-
-def _whole_epochs(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _plot_per_group(report: Mapping, attr: str, metric: str, styles: Mapping, path: Path) -> None:
-    """Dot plot: per group of ``attr``, one marker per arm at the mean over seeds, error bars the interval."""
-    groups = _group_names(report, attr)
-    counts = _group_counts(report, attr)
-    ran = [a for a in report["arms"] if _ran(a)]
-    fig = _figure(max(6.0, 1.2 * len(groups) + 3.0), 4.0)
-    ax = fig.add_subplot()
-    width = 0.7
-    lows: list[float] = []
-    highs: list[float] = []
-    for j, arm in enumerate(ran):
-        st = styles[arm["name"]]
-        offset = (j - (len(ran) - 1) / 2) * (width / max(1, len(ran)))
-        by_group = {g["group"]: g for g in arm["attributes"].get(attr, {}).get("groups", [])}
-        xs, ys, err_lo, err_hi = [], [], [], []
-        for i, name in enumerate(groups):
-            stat = by_group.get(name, {}).get(metric)
-            if stat is None or stat["mean"] is None:
-                continue
-            mean = stat["mean"]
-            lo = stat["ci_low"] if stat["ci_low"] is not None else mean
-            hi = stat["ci_high"] if stat["ci_high"] is not None else mean
-            xs.append(i + offset)
-            ys.append(mean)
-            # the interval is the seeds' mean of each bound, so the mean may sit just outside it: clip at 0
-            err_lo.append(max(0.0, mean - lo))
-            err_hi.append(max(0.0, hi - mean))
-            lows.append(min(lo, mean))
-            highs.append(max(hi, mean))
-        if not xs:
-            continue
-        ax.errorbar(
-            xs,
-            ys,
-            yerr=[err_lo, err_hi],
-            fmt=st["marker"],
-            color=st["colour"],
-            markerfacecolor=st["face"],
-            markersize=st["size"],
-            capsize=3,
-            linewidth=1.2,
-            label=st["legend"],
-        )
-    if metric in ("balanced_accuracy", "auc"):
-        ax.axhline(0.5, color="#999999", linestyle=":", linewidth=1)  # chance level
-    if lows and min(lows) >= 0 and max(highs) <= 1:
-        ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.02, max(highs) + 0.05))
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{g}\n(n={counts.get(g, '?')})" for g in groups], fontsize=8)
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_xlabel(f"{attr} group (n: test records)", fontsize=8)
-    ax.set_ylabel(_label(metric), fontsize=8)
-    ax.set_title(f"{_label(metric)} per {attr} group on the test split, every arm", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    not_run = [a["label"] for a in report["arms"] if not _ran(a)]
-    if not lows:
-        ax.text(0.5, 0.5, "no arm has results for this attribute", ha="center", transform=ax.transAxes)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    caption = "markers: mean over seeds; bars: interval"
-    if not_run:
-        caption += "; not run: " + ", ".join(not_run)
-    fig.text(0.01, -0.06, caption, fontsize=7, color="#555555", ha="left", va="top")
-    save_figure(fig, path)
-
-
-def _plot_fairness(report: Mapping, attr: str, styles: Mapping, path: Path) -> None:
-    """One panel per fairness metric: a bar per arm at the mean over seeds, error bars one std over seeds."""
-    metrics = report["fairness_metrics"]
-    arms = report["arms"]
-    cols = min(4, max(1, len(metrics)))
-    rows = max(1, math.ceil(len(metrics) / cols))
-    fig = _figure(max(3.0, 0.55 * len(arms) + 1.2) * cols, 2.9 * rows)
-    for k, metric in enumerate(metrics):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        tops = [0.0]
-        for j, arm in enumerate(arms):
-            st = styles[arm["name"]]
-            stat = arm["attributes"].get(attr, {}).get("fairness", {}).get(metric) if _ran(arm) else None
-            if stat is None or stat["mean"] is None:
-                ax.text(j, 0, "not run" if not _ran(arm) else "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
-                continue
-            ax.bar(
-                j,
-                stat["mean"],
-                yerr=stat["std"] if stat["std"] is not None else None,
-                color=st["colour"],
-                alpha=0.55 if st["hatch"] else 0.95,
-                hatch=st["hatch"],
-                edgecolor=st["colour"],
-                capsize=3,
-            )
-            # the value above the error bar, where the bar's cap does not cover it
-            top = stat["mean"] + (stat["std"] or 0.0) if stat["mean"] >= 0 else stat["mean"]
-            ax.text(j, top, f"{stat['mean']:.3f}", ha="center", va="bottom", fontsize=6)
-            tops.append(top)
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, max(high, max(tops) + 0.12 * (max(tops) - min(low, 0.0) or 1.0)))  # room for the labels
-        ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels([a["label"] for a in arms], rotation=35, ha="right", fontsize=7)
-        direction = " (lower is better)" if metric in _LOWER_IS_BETTER else ""
-        direction = " (higher is better)" if metric in _HIGHER_IS_BETTER else direction
-        ax.set_title(f"{_label(metric)}{direction}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.axhline(0, color="#333333", linewidth=0.6)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"fairness over {attr} groups: mean over seeds, error bars one std over seeds", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _history_series(history: Sequence[Mapping], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for i, entry in enumerate(history):
-        value = entry.get(key)
-        if value is None:
-            continue
-        epoch = entry.get("epoch")
-        xs.append(epoch if epoch is not None else i + 1)
-        ys.append(value)
-    return xs, ys
-
-
-def _curve_keys(histories: Sequence[Sequence[Mapping]], preferred: Sequence[str] = ()) -> list[str]:
-    found = list(dict.fromkeys(k for h in histories for e in h for k, v in e.items() if k != "epoch"))
-    first = [k for k in preferred if k in found]
-    return first or found
-
-
-def _plot_generator(generator: Mapping, path: Path) -> None:
-    """The generator's training curves: one panel per stage (autoencoder, diffusion, controlnet, ...)."""
-    stages = list(generator["histories"].items())
-    cols = min(3, len(stages))
-    rows = math.ceil(len(stages) / cols)
-    fig = _figure(4.0 * cols, 3.0 * rows)
-    for k, (stage, history) in enumerate(stages):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        keys = _curve_keys([history])
-        for key in keys:
-            xs, ys = _history_series(history, key)
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key.replace("_", " "))
-        if not keys:
-            ax.text(0.5, 0.5, "no epochs recorded", ha="center", transform=ax.transAxes, fontsize=8)
-        ax.set_title(f"{stage}", fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        _whole_epochs(ax)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if keys:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"generator training ({generator['bundle']})", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _plot_downstream(arms: Sequence[Mapping], styles: Mapping, path: Path) -> None:
-    """Downstream training: a row per arm that trained, a column per curve, one line per seed."""
-    keys = _curve_keys([r["history"] for a in arms for r in a["runs"]], _DOWNSTREAM_CURVES)
-    fig = _figure(4.2 * len(keys), 2.6 * len(arms))
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    for row, arm in enumerate(arms):
-        n = len(arm["runs"])
-        for col, key in enumerate(keys):
-            ax = fig.add_subplot(len(arms), len(keys), row * len(keys) + col + 1)
-            for s, run in enumerate(arm["runs"]):
-                xs, ys = _history_series(run["history"], key)
-                shade = cmap(0.15 + 0.7 * s / max(1, n - 1))
-                marker = "o" if len(xs) < 30 else None
-                ax.plot(xs, ys, color=shade, marker=marker, markersize=3, label=f"seed {run['seed']}")
-            ax.set_title(f"{arm['label']}: {key.replace('_', ' ')}", fontsize=8, color=styles[arm["name"]]["colour"])
-            ax.set_xlabel("epoch", fontsize=7)
-            _whole_epochs(ax)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.legend(fontsize=6)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _plot_cohort(cohort: Mapping, path: Path) -> None:
-    """Per group: the real records stacked by split, and beside them the synthetic records added to training."""
-    groups = cohort["groups"]
-    n = len(groups)
-    fig = _figure(9.0, max(2.5, 0.32 * n + 1.4))
-    ax = fig.add_subplot()
-    colours = {"training": "#1f3b73", "validation": "#5b8db8", "test": "#9aa9bd"}
-    left = [0] * n
-    ys = [i - 0.18 for i in range(n)]
-    for split in SPLITS:
-        widths = [g[split] or 0 for g in groups]
-        ax.barh(ys, widths, height=0.34, left=left, color=colours[split], label=f"real: {split}")
-        left = [a + b for a, b in zip(left, widths, strict=True)]
-    synthetic = [g["synthetic"] or 0 for g in groups]
-    ax.barh([i + 0.18 for i in range(n)], synthetic, height=0.34, color="#d62728", label="synthetic (training)")
-    largest = max([*left, *synthetic, 1])
-    for i, (real, syn) in enumerate(zip(left, synthetic, strict=True)):
-        ax.text(real + largest * 0.01, i - 0.18, str(real), va="center", fontsize=6)
-        if syn:
-            ax.text(syn + largest * 0.01, i + 0.18, str(syn), va="center", fontsize=6, color="#d62728")
-    ax.set_yticks(range(n))
-    ax.set_yticklabels([g["group"] for g in groups], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, largest * 1.12)
-    ax.set_xlabel("records")
-    ax.set_title(f"cohort composition: {n} groups, real records per split and synthetic records", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.grid(axis="x", alpha=0.3)
-    save_figure(fig, path)
-
-
-def _draw_figures(report: Mapping, folder: Path, slugs: Mapping[str, str]) -> dict[str, Path]:
-    """Every figure of the page, drawn from the report alone into ``folder``; figure key -> path."""
-    styles = _arm_styles(report["arms"])
-    figures: dict[str, Path] = {}
-    if report["cohort"]["groups"]:
-        figures["cohort"] = folder / "cohort_composition.png"
-        _plot_cohort(report["cohort"], figures["cohort"])
-    metric_slugs = _slugs(report["metrics"])
-    for attr in report["attributes"]:
-        for metric in report["metrics"]:
-            key = f"per_group:{attr}:{metric}"
-            figures[key] = folder / f"per_group_{slugs[attr]}_{metric_slugs[metric]}.png"
-            _plot_per_group(report, attr, metric, styles, figures[key])
-        if report["fairness_metrics"]:
-            figures[f"fairness:{attr}"] = folder / f"fairness_{slugs[attr]}.png"
-            _plot_fairness(report, attr, styles, figures[f"fairness:{attr}"])
-    generator = report["generator"]
-    if generator is not None and generator["histories"]:
-        figures["generator"] = folder / "generator_training.png"
-        _plot_generator(generator, figures["generator"])
-    trained = [a for a in report["arms"] if any(r["history"] for r in a["runs"])]
-    if trained:
-        figures["downstream"] = folder / "downstream_training.png"
-        _plot_downstream(trained, styles, figures["downstream"])
-    return figures
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -700,7 +106,7 @@ def _worst_group(arm: Mapping, attr: str) -> tuple[float | None, float | None, b
     else the smallest per-group mean (``derived``: a lower bound's stand-in, with no spread).
     """
     entry = arm["attributes"].get(attr)
-    if not _ran(arm) or entry is None:
+    if not arm_ran(arm) or entry is None:
         return None, None, False
     stat = entry["fairness"].get("worst_balanced_accuracy")
     if stat is not None and stat["mean"] is not None:
@@ -719,7 +125,7 @@ def _summary_verdicts(report: Mapping) -> tuple[list[str], str]:
     lines: list[str] = []
     synthetic_best: list[str] = []
     synthetic_not: list[str] = []
-    synthetic_ran = any(_ran(a) and not a["baseline"] for a in report["arms"])
+    synthetic_ran = any(arm_ran(a) and not a["baseline"] for a in report["arms"])
     for attr in report["attributes"]:
         scored = [(a, *_worst_group(a, attr)) for a in report["arms"]]
         scored = [s for s in scored if s[1] is not None]
@@ -797,7 +203,7 @@ def _section_summary(report: Mapping) -> list[str]:
         items.append(text + ".")
     arms = []
     for arm in report["arms"]:
-        state = f"{len(arm['runs'])} of {len(arm['seeds'])} seeds" if _ran(arm) else "not run"
+        state = f"{len(arm['runs'])} of {len(arm['seeds'])} seeds" if arm_ran(arm) else "not run"
         kind = "baseline" if arm["baseline"] else "synthetic"
         desc = f": {_e(arm['description'])}" if arm["description"] else ""
         arms.append(f"<li class='{kind}'><b>{_e(arm['label'])}</b> ({kind}, {state}){desc}</li>")
@@ -863,16 +269,16 @@ def _section_groups(report: Mapping, slugs: Mapping[str, str], figures: Mapping[
     )
     # overall, for the context of the per-group numbers
     out.append("<h3>Whole test split</h3>")
-    head = "".join(f"<th colspan='2'>{_e(_label(m))}</th>" for m in metrics)
+    head = "".join(f"<th colspan='2'>{_e(metric_label(m))}</th>" for m in metrics)
     sub = "<th>mean</th><th>std</th>" * len(metrics)
     out.append(f"<table id='overall'><tr><th class='name' rowspan='2'>arm</th><th rowspan='2'>seeds</th>{head}</tr>")
     out.append(f"<tr>{sub}</tr>")
     for arm in arms:
         row = f"<tr class='{_arm_class(arm)}' data-arm='{_e(arm['name'])}'><td class='name arm'>{_e(arm['label'])}</td>"
         row += _cell(len(arm["runs"]), arm=arm["name"], stat="seeds")
-        if not _ran(arm):
+        if not arm_ran(arm):
             row += f"<td class='notrun' colspan='{2 * len(metrics)}'>not run</td>"
-        for m in metrics if _ran(arm) else ():
+        for m in metrics if arm_ran(arm) else ():
             stat = arm["overall"].get(m)
             if stat is None:
                 row += "<td class='notrun' colspan='2'>n/a</td>"
@@ -887,14 +293,14 @@ def _section_groups(report: Mapping, slugs: Mapping[str, str], figures: Mapping[
         for m in metrics:
             key = f"per_group:{attr}:{m}"
             if key in figures:
-                out.append(_img(figures[key], f"{_label(m)} per {attr} group for every arm"))
-        head = "".join(f"<th colspan='4'>{_e(_label(m))}</th>" for m in metrics)
+                out.append(_img(figures[key], f"{metric_label(m)} per {attr} group for every arm"))
+        head = "".join(f"<th colspan='4'>{_e(metric_label(m))}</th>" for m in metrics)
         sub = "<th>mean</th><th>std</th><th>interval low</th><th>interval high</th>" * len(metrics)
         out.append(
             f"<table id='groups-{slugs[attr]}' data-attribute='{_e(attr)}'><tr><th class='name' rowspan='2'>group"
             f"</th><th class='name' rowspan='2'>arm</th><th rowspan='2'>n</th>{head}</tr><tr>{sub}</tr>"
         )
-        for group in _group_names(report, attr):
+        for group in group_names(report, attr):
             for j, arm in enumerate(arms):
                 data = {"arm": arm["name"], "group": group}
                 gcell = f"<td class='group' rowspan='{len(arms)}'>{_e(group)}</td>" if j == 0 else ""
@@ -902,8 +308,8 @@ def _section_groups(report: Mapping, slugs: Mapping[str, str], figures: Mapping[
                 row += f"<td class='name arm'>{_e(arm['label'])}</td>"
                 listed = arm["attributes"].get(attr, {}).get("groups", [])
                 entry = next((g for g in listed if g["group"] == group), None)
-                if not _ran(arm) or entry is None:
-                    why = "not run" if not _ran(arm) else "no result for this group"
+                if not arm_ran(arm) or entry is None:
+                    why = "not run" if not arm_ran(arm) else "no result for this group"
                     out.append(row + f"<td class='notrun' colspan='{1 + 4 * len(metrics)}'>{why}</td></tr>")
                     continue
                 row += _cell(entry["count"], **data, stat="count")
@@ -925,14 +331,14 @@ def _section_fairness(report: Mapping, slugs: Mapping[str, str], figures: Mappin
     out = ["<section id='fairness'><h2>Fairness across arms</h2>"]
     notes = []
     for m in metrics:
-        direction = "lower is better" if m in _LOWER_IS_BETTER else "higher is better" if m in _HIGHER_IS_BETTER else ""
-        notes.append(f"{_e(_label(m))}" + (f" ({direction})" if direction else ""))
+        direction = "lower is better" if m in LOWER_IS_BETTER else "higher is better" if m in HIGHER_IS_BETTER else ""
+        notes.append(f"{_e(metric_label(m))}" + (f" ({direction})" if direction else ""))
     out.append(f"<p class='note'>Mean and standard deviation over seeds. {'; '.join(notes)}.</p>")
     for attr in report["attributes"]:
         out.append(f"<h3>{_e(attr)}</h3>")
         if f"fairness:{attr}" in figures:
             out.append(_img(figures[f"fairness:{attr}"], f"fairness metrics over {attr} groups for every arm"))
-        head = "".join(f"<th colspan='2'>{_e(_label(m))}</th>" for m in metrics)
+        head = "".join(f"<th colspan='2'>{_e(metric_label(m))}</th>" for m in metrics)
         out.append(
             f"<table id='fairness-{slugs[attr]}' data-attribute='{_e(attr)}'><tr><th class='name' rowspan='2'>arm</th>"
             f"{head}</tr><tr>{'<th>mean</th><th>std</th>' * len(metrics)}</tr>"
@@ -941,7 +347,7 @@ def _section_fairness(report: Mapping, slugs: Mapping[str, str], figures: Mappin
             row = f"<tr class='{_arm_class(arm)}' data-arm='{_e(arm['name'])}'>"
             row += f"<td class='name arm'>{_e(arm['label'])}</td>"
             entry = arm["attributes"].get(attr)
-            if not _ran(arm) or entry is None:
+            if not arm_ran(arm) or entry is None:
                 out.append(row + f"<td class='notrun' colspan='{2 * len(metrics)}'>not run</td></tr>")
                 continue
             for m in metrics:
@@ -1103,9 +509,9 @@ def render_report(run_dir: str | PathLike) -> Path:
     if not run.is_dir():
         raise InputError("no such run folder", path=run)
     report = load_report(run / REPORT_JSON)
-    slugs = _slugs(report["attributes"])
+    slugs = unique_slugs(report["attributes"])
     with atomic_directory(run / FIGURES_DIR) as tmp:
-        figures = _draw_figures(report, tmp, slugs)
+        figures = draw_figures(report, tmp, slugs)
         page = _render_html(report, run, figures, slugs)
         with atomic_write(run / REPORT_HTML, encoding="utf-8") as f:
             f.write(page)
