@@ -288,16 +288,23 @@ def _plot_generator(generator: Mapping, path: Path) -> None:
 
 
 def _plot_downstream(arms: Sequence[Mapping], styles: Mapping, path: Path) -> None:
-    """Downstream training: a row per arm that trained, a column per curve, one line per seed."""
+    """Downstream training: a row per arm that trained, a column per curve, one line per seed.
+
+    The panels of a column share their axes, so the arms' curves compare at a glance.
+    """
     keys = _curve_keys([r["history"] for a in arms for r in a["runs"]], DOWNSTREAM_CURVES)
     fig = _figure(4.2 * len(keys), 2.6 * len(arms))
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
+    first_row: list = []
     for row, arm in enumerate(arms):
         n = len(arm["runs"])
         for col, key in enumerate(keys):
-            ax = fig.add_subplot(len(arms), len(keys), row * len(keys) + col + 1)
+            share = first_row[col] if first_row[col:] else None
+            ax = fig.add_subplot(len(arms), len(keys), row * len(keys) + col + 1, sharex=share, sharey=share)
+            if row == 0:
+                first_row.append(ax)
             for s, run in enumerate(arm["runs"]):
                 xs, ys = _history_series(run["history"], key)
                 shade = cmap(0.15 + 0.7 * s / max(1, n - 1))
