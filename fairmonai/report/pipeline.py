@@ -146,10 +146,9 @@ def _summary_verdicts(report: Mapping) -> tuple[list[str], str]:
             spread = max(v for v in (s_best[2], b_best[2], 0.0) if v is not None)
             if diff >= 0:
                 synthetic_best.append(attr)
-                text += (
-                    f" The synthetic arm {_e(s_best[0]['label'])} is {'level with' if diff == 0 else 'ahead of'} "
-                    f"the best baseline, {_e(b_best[0]['label'])}, by {diff:.3f}."
-                )
+                how = "level with" if diff == 0 else "ahead of"
+                text += f" The synthetic arm {_e(s_best[0]['label'])} is {how} the best baseline, "
+                text += f"{_e(b_best[0]['label'])}" + ("." if diff == 0 else f", by {diff:.3f}.")
             else:
                 synthetic_not.append(attr)
                 text += (
@@ -161,23 +160,23 @@ def _summary_verdicts(report: Mapping) -> tuple[list[str], str]:
         if derived:
             text += " (Some arms have no worst_balanced_accuracy: their smallest per-group mean is shown.)"
         lines.append(f"<li>{text}</li>")
+    baseline_ran = any(arm_ran(a) and a["baseline"] for a in report["arms"])
+    best, behind = ", ".join(map(_e, synthetic_best)), ", ".join(map(_e, synthetic_not))
     if not synthetic_ran:
         headline = "No synthetic arm ran: the comparison below is among the baseline arms only."
-    elif synthetic_best and not synthetic_not:
+    elif not baseline_ran:
+        headline = "No baseline arm ran: there is nothing to compare the synthetic arm with."
+    elif not synthetic_best and not synthetic_not:
+        headline = "No attribute has worst-group results for both a synthetic and a baseline arm."
+    elif not synthetic_not:
         headline = (
-            "A synthetic arm has the best worst-group balanced accuracy (ties included) for every attribute: "
-            + ", ".join(_e(a) for a in synthetic_best)
-            + "."
+            "The worst-group balanced accuracy of the synthetic arm is at least that of every baseline arm for "
+            f"every attribute: {best}."
         )
-    elif synthetic_not and not synthetic_best:
-        headline = "A baseline arm has a better worst-group balanced accuracy than the synthetic arm for every " + (
-            "attribute: " + ", ".join(_e(a) for a in synthetic_not) + "."
-        )
+    elif not synthetic_best:
+        headline = f"A baseline arm has a better worst-group balanced accuracy than the synthetic arm for {behind}."
     else:
-        headline = (
-            f"The synthetic arm has the best worst-group balanced accuracy for {', '.join(map(_e, synthetic_best))}"
-            f" and not for {', '.join(map(_e, synthetic_not))}."
-        )
+        headline = f"The synthetic arm has the best worst-group balanced accuracy for {best} and not for {behind}."
     return lines, headline
 
 
