@@ -197,6 +197,14 @@ def _cmd_verify_bundle(args: argparse.Namespace) -> int:
     return verify_main([args.path] + (["--static"] if args.static else []))
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild RUN_DIR/report.html (and its figures) from RUN_DIR/report.json alone."""
+    from fairmonai.report.pipeline import render_report
+
+    print(render_report(args.run_dir))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the built-in cohort: build the biased cardiac cohort, then audit it."""
     from fairmonai.phantoms import default_groups, make_phantom
@@ -269,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="bundle folder")
     p.add_argument("--static", action="store_true", help="check _target_ paths without importing the bundle's code")
     p.set_defaults(func=_cmd_verify_bundle)
+
+    p = sub.add_parser("report", help="rebuild a pipeline run's report.html and figures from its report.json")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the pipeline's run folder (holds report.json)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="build the built-in cardiac cohort and audit it")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

@@ -12,7 +12,6 @@ Both need the per-group counts and deficits this module reports.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import json
@@ -25,7 +24,11 @@ from typing import Any
 
 from fairmonai.cohort import Cohort, GroupKey
 from fairmonai.errors import EmptyGroupError
-from fairmonai.io.atomic import atomic_directory, atomic_path, atomic_write, check_output_dir
+from fairmonai.io.atomic import atomic_directory, atomic_write, check_output_dir
+from fairmonai.report.common import BASE_CSS as _CSS
+from fairmonai.report.common import FAVICON_LINK
+from fairmonai.report.common import png_data_uri as _png_data_uri
+from fairmonai.report.common import save_figure as _save_figure
 
 __all__ = ["audit_cohort", "write_audit"]
 
@@ -222,15 +225,6 @@ def _label_colours(labels: Sequence[str]) -> dict[str, Any]:
     return {lv: cmap(i % 10) for i, lv in enumerate(labels)}
 
 
-def _save_figure(fig, path: Path) -> None:
-    # the Agg canvas directly: no pyplot, no global backend switch, works headless
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-
-
 def _plot_counts(audit: Mapping[str, Any], path: Path, title: str) -> None:
     from matplotlib.figure import Figure
 
@@ -309,21 +303,6 @@ def _plot_marginals(audit: Mapping[str, Any], path: Path) -> None:
     _save_figure(fig, path)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;color:#222;max-width:1100px}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f2f2f2}td.name,th.name{text-align:left}
-tr.under{background:#fde2e1}tr.empty td{color:#b00020;font-weight:bold}
-.summary td{text-align:left}img{max-width:100%;border:1px solid #eee}
-.note{color:#555;font-size:.9em}
-"""
-
-
-def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def _fmt_ratio(value: float | None) -> str:
     return "infinite (a group is empty)" if value is None else f"{value:.2f}"
 
@@ -346,7 +325,7 @@ def _render_html(audit: Mapping[str, Any], title: str, counts_png: Path, margina
         summary.append((f"Imbalance ratio of {f}", _fmt_ratio(r)))
     out = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        '<html lang="en"><head><meta charset="utf-8">' + FAVICON_LINK,
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         '<table class="summary">',
