@@ -80,8 +80,9 @@ def _plain(value: Any) -> Any:
 def compile_unet(net: torch.nn.Module) -> None:
     """``torch.compile`` the denoiser's UNet in place (the module type and state-dict keys stay as they are).
 
-    The batches are MONAI ``MetaTensor``s (so are the latents and the noise drawn from them), which torch.compile's
-    autograd cannot trace: a pre-hook on the (uncompiled) outer denoiser hands the UNet plain tensors.
+    The bare loop's batches are MONAI ``MetaTensor``s (so are the latents and the noise drawn from them), which
+    torch.compile's autograd cannot trace: a pre-hook on the (uncompiled) outer denoiser hands the UNet plain
+    tensors (the bundle's prepare_batch already does).
     """
 
     def hook(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -6,7 +6,7 @@ same samples: [ED, ES, ED] images of the built-in cardiac phantom, cached in mem
 :func:`fairmonai.engines.diffusion.build_diffusion_trainer` as a generator bundle wires it (condition
 dropout for guidance, EMA, gradient clipping, per-group loss, the ``diffusion_mse`` loss hook); the bare
 side draws noise and timesteps, adds noise with the same MONAI scheduler, drops conditions with the same
-probability, and runs forward / MSE / backward / clip / Adam step / EMA update. Iterations after a warm-up
+probability, and runs forward / MSE / backward / clip / AdamW step / EMA update. Iterations after a warm-up
 are timed from one ``ITERATION_COMPLETED`` to the last (data loading included). The two sides alternate,
 the order flipping every repeat, and the ratio compares median iteration times.
 
@@ -98,7 +98,7 @@ def time_bare(data: dict[str, Any], args: argparse.Namespace, device: torch.devi
     net = denoiser(encoder, args).to(device)
     ema = make_ema(net, 0.999)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)  # build_diffusion_trainer's optimiser
     loader = DataLoader(data["dataset"], batch_size=args.batch_size, shuffle=True, drop_last=True)
     null = encoder.null_index.to(device)
     autocast = (

@@ -42,6 +42,7 @@ from ignite.engine import Engine, Events
 from monai.engines import DiffusionPrepareBatch, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import ControlNetDiffusionInferer, DiffusionInferer
+from monai.utils import convert_to_tensor
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -256,7 +257,9 @@ class ConditionedDiffusionPrepareBatch(DiffusionPrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         if not isinstance(batchdata, Mapping):
             raise TypeError(f"diffusion training needs dictionary batches, got {type(batchdata).__name__}")
-        images = torch.as_tensor(batchdata[self.image_key]).to(device, non_blocking=non_blocking, **kwargs)
+        # plain tensors: MONAI's MetaTensor metadata costs time on every UNet op and breaks torch.compile
+        images = convert_to_tensor(batchdata[self.image_key], track_meta=False)
+        images = images.to(device, non_blocking=non_blocking, **kwargs)
         if self.autoencoder is not None:
             with torch.no_grad():
                 images = self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
@@ -271,7 +274,8 @@ class ConditionedDiffusionPrepareBatch(DiffusionPrepareBatch):
             dropped = dropped.to(device)
             infer_kwargs["condition"] = condition
         if self.control_key is not None:
-            control = torch.as_tensor(batchdata[self.control_key]).to(device, non_blocking=non_blocking, **kwargs)
+            control = convert_to_tensor(batchdata[self.control_key], track_meta=False)
+            control = control.to(device, non_blocking=non_blocking, **kwargs)
             infer_kwargs["cn_cond"] = control
         groups = batchdata.get(self.group_key)
         if groups is not None:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
 from monai.networks.utils import copy_model_state
 from monai.transforms import MapTransform
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from fairmonai.engines.checkpoint import WeightsLoader, atomic_save, network_weights
@@ -352,7 +353,9 @@ class AutoencoderPrepareBatch:
         self.image_key = image_key
 
     def __call__(self, batchdata: Mapping[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any):
-        image = torch.as_tensor(batchdata[self.image_key]).to(device, non_blocking=non_blocking, **kwargs)
+        # a plain tensor: MetaTensor metadata costs time on every op and breaks torch.compile
+        image = convert_to_tensor(batchdata[self.image_key], track_meta=False)
+        image = image.to(device, non_blocking=non_blocking, **kwargs)
         return image, image
 
 
