@@ -113,6 +113,28 @@ def test_located_error_line_walks_the_cause_chain() -> None:
     assert located_error_line(ValueError("other")) is None
 
 
+class _BadRow(torch.utils.data.Dataset):
+    """A dataset whose transform chain meets bad input, as a cine loader does in a worker process."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        try:
+            raise InputError("NaN voxel", path="cine.nii.gz", row=7, field="image")
+        except InputError as exc:
+            raise RuntimeError("applying transform <LoadCined>") from exc
+
+
+def test_located_error_line_reads_a_dataloader_workers_traceback() -> None:
+    # a worker sends its exception as traceback text, re-raised in this process as a RuntimeError
+    loader = torch.utils.data.DataLoader(_BadRow(), batch_size=1, num_workers=1)
+    with pytest.raises(RuntimeError) as info:
+        next(iter(loader))
+    assert not isinstance(info.value.__cause__, InputError)
+    assert located_error_line(info.value) == "fairmonai: error: cine.nii.gz, row 7, field 'image': NaN voxel"
+
+
 def test_error_hook_prints_the_located_message_last(tmp_path: Path) -> None:
     code = (
         "import fairmonai.engines\n"

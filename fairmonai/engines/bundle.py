@@ -4,6 +4,7 @@ error a user reads last when a run stops on bad input (:func:`install_error_hook
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,31 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
+#: how a traceback printed as text (a DataLoader worker's, re-raised in the main process) shows an InputError
+_WORKER_INPUT_ERROR = re.compile(r"^(?:\w+\.)*(?:InputError|MissingWeightsError): (.+)$", re.MULTILINE)
+
+
 def located_error_line(exc: BaseException) -> str | None:
     """``fairmonai: error: <message>`` for the located :class:`~fairmonai.errors.InputError` under ``exc``
-    (MONAI wraps it in ``Failed to evaluate ConfigExpression`` and ``applying transform`` errors), else None."""
+    (MONAI wraps it in ``Failed to evaluate ConfigExpression`` and ``applying transform`` errors), else None.
+
+    A DataLoader worker (``num_workers > 0``) sends its exception to the main process as traceback text,
+    re-raised as a new exception of the outermost type: the located message is then read from that text.
+    """
     from fairmonai.errors import InputError, located_cause
 
     cause = located_cause(exc)
-    return f"fairmonai: error: {cause}" if isinstance(cause, InputError) else None
+    if isinstance(cause, InputError):
+        return f"fairmonai: error: {cause}"
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        found = _WORKER_INPUT_ERROR.findall(str(current))
+        if found:
+            return f"fairmonai: error: {found[-1]}"
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
