@@ -70,7 +70,8 @@ def test_demo_builds_the_cohort_and_runs_the_pipeline(tmp_path):
     assert (out / "cohort" / "manifest.csv").is_file()
     html = (out / "pipeline" / "audit" / "audit.html").read_text()
     assert "sex=F" in html and "<img" in html
-    assert "[1/4] audit: ran in" in result.stdout and f"report.json: {out / 'pipeline' / 'report.json'}" in result.stdout
+    assert "[1/4] audit: ran in" in result.stdout
+    assert f"report.json: {out / 'pipeline' / 'report.json'}" in result.stdout
     report = json.loads((out / "pipeline" / "report.json").read_text())
     assert [a["name"] for a in report["arms"]] == ["real"] and report["settings"]["image_size"] == 32
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)

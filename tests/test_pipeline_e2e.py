@@ -108,7 +108,10 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
     assert report["arms"][0]["runs"][0]["history"][0]["epoch"] == 1
     # the thresholds arm reuses the real arm's models: same within-group AUC per seed, by construction
     real, thresholded = report["arms"][0], report["arms"][3]
-    for g_real, g_thr in zip(real["attributes"]["intersection"]["groups"], thresholded["attributes"]["intersection"]["groups"], strict=True):
+    pairs = zip(
+        real["attributes"]["intersection"]["groups"], thresholded["attributes"]["intersection"]["groups"], strict=True
+    )
+    for g_real, g_thr in pairs:
         assert g_real["auc"]["values"] == pytest.approx(g_thr["auc"]["values"], nan_ok=True)
     # synthesis: the filter kept every other row; the cohort table counts what was kept
     synthesis = report["synthesis"]

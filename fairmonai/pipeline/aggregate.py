@@ -125,9 +125,8 @@ def arm_summary(
             counts = [r.get("count") for r in rows if r.get("count") is not None]
             row: dict[str, Any] = {"group": group, "count": int(counts[0]) if counts else 0}
             for m in metrics:
-                row[m] = seed_stat_ci(
-                    [r.get(m) for r in rows], [r.get(f"{m}_ci_low") for r in rows], [r.get(f"{m}_ci_high") for r in rows]
-                )
+                lows, highs = [r.get(f"{m}_ci_low") for r in rows], [r.get(f"{m}_ci_high") for r in rows]
+                row[m] = seed_stat_ci([r.get(m) for r in rows], lows, highs)
             groups.append(row)
         summaries = [t.get("attributes", {}).get(attribute) or {} for t in tables]
         entry["attributes"][attribute] = {

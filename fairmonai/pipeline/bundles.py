@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,7 @@ def run_bundle(
     overrides: Mapping[str, Any],
     *,
     before_run: Callable[[Any], None] | None = None,
+    log_level: str | None = None,
 ) -> Any:
     """Run a bundle's ``initialize``, ``run`` and ``finalize`` in this process and return its ``ConfigWorkflow``.
 
@@ -68,6 +70,8 @@ def run_bundle(
             ``--config_file "['a.yaml','b.yaml']"`` does).
         overrides: top-level settings, as ``--key value`` on the command line.
         before_run: called with the workflow after ``initialize`` (e.g. to attach a handler to its trainer).
+        log_level: root logging level after the bundle's ``logging.conf`` is applied (which sets INFO), e.g.
+            ``WARNING`` to keep only the progress bars and warnings; None keeps the bundle's.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -80,6 +84,8 @@ def run_bundle(
         workflow_type=None,
         **values,
     )
+    if log_level:
+        logging.getLogger().setLevel(str(log_level).upper())
     workflow.initialize()
     try:
         if before_run is not None:

@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from fairmonai.pipeline.steps import Step, StepRunner, _plain
 __all__ = ["run_pipeline", "pipeline_steps"]
 
 #: settings that never change a step's result (left out of every key)
-NOT_IN_KEYS = ("progress",)
+NOT_IN_KEYS = ("progress", "log_level")
 
 
 # ============================================================================================== helpers
@@ -52,7 +53,9 @@ def _fill(template: Any, folders: Mapping[str, Path]) -> Any:
         try:
             return template.format(**{k: str(v) for k, v in folders.items()})
         except (KeyError, IndexError) as exc:
-            raise InputError(f"path template {template!r} names an unknown step {exc}; known: {sorted(folders)}")
+            raise InputError(
+                f"path template {template!r} names an unknown step {exc}; known: {sorted(folders)}"
+            ) from None
     if isinstance(template, Mapping):
         return {k: _fill(v, folders) for k, v in template.items()}
     return template
@@ -140,6 +143,7 @@ class _Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.stream = sys.stdout if stream == "stdout" else stream
         self.progress = bool(self.s.get("progress", True))
+        self.log_level = self.s.get("log_level")
         self.seeds = [int(k) for k in self.s.get("seeds", [0])]
         if not self.seeds:
             raise InputError("seeds is empty: give at least one seed", field="seeds")
@@ -154,7 +158,9 @@ class _Pipeline:
         for name, arm in self.arms.items():
             kind = arm.get("kind", "train")
             if kind not in ("train", "thresholds"):
-                raise InputError(f"arm {name!r}: kind {kind!r} is neither 'train' nor 'thresholds'", field="arm_settings")
+                raise InputError(
+                    f"arm {name!r}: kind {kind!r} is neither 'train' nor 'thresholds'", field="arm_settings"
+                )
             if kind == "thresholds" and self.arms.get(arm.get("source", "real"), {}).get("kind", "train") != "train":
                 raise InputError(
                     f"arm {name!r} takes thresholds from arm {arm.get('source', 'real')!r}, which is not a training "
@@ -219,7 +225,7 @@ class _Pipeline:
             resolved = _fill(paths, {**self.templates(), "self": out})
             values = split_overrides(files, {**common, **resolved}, overrides, f"step {name}")
             hook = (lambda wf: before_run(wf, out)) if before_run is not None else None
-            run_bundle(bundle, [str(f) for f in files], values, before_run=hook)
+            run_bundle(bundle, [str(f) for f in files], values, before_run=hook, log_level=self.log_level)
             return after_run(out) if after_run is not None else None
 
         # the key: what the bundle computes from (never where it writes)
@@ -317,7 +323,7 @@ class _Pipeline:
                     "output_dir": "{self}",
                     "model_dir": "{self}/models",
                     "reference_dir": "{self}/reference",
-                    "synthetic_manifest": "{%s}/synthetic.csv" % final,
+                    "synthetic_manifest": "{" + final + "}/synthetic.csv",
                 },
                 upstream=[final],
             )
@@ -370,7 +376,7 @@ class _Pipeline:
                 if synthetic_step is None:
                     raise RuntimeError("a synthetic arm needs the synthesis step")
                 upstream.append(synthetic_step)
-                paths["synthetic_manifest"] = "{%s}/synthetic.csv" % synthetic_step
+                paths["synthetic_manifest"] = "{" + synthetic_step + "}/synthetic.csv"
             splits = ["test"] + (["validation"] if arm_name in threshold_sources else [])
             eval_overrides = {k: v for k, v in overrides.items() if k in ("network_name", "network_options")}
             for seed in self.seeds:
@@ -403,7 +409,7 @@ class _Pipeline:
                     "seed": seed,
                 }
                 values = split_overrides(files, {**common, **resolved}, overrides, f"step {name}")
-                run_bundle(bundle, [str(f) for f in files], values)
+                run_bundle(bundle, [str(f) for f in files], values, log_level=self.log_level)
             return {"splits": list(splits)}
 
         settings = {
@@ -430,8 +436,8 @@ class _Pipeline:
                 src = f"arms/{source}/seed{seed}/eval"
                 self.folders[name] = self.run_dir / name
 
-                def action(out: Path, src: str = src, seed: int = seed) -> Any:
-                    return self.thresholds(out, self.folders[src], attributes, min_count, n_boot, seed)
+                def action(out: Path, src: str = src, seed: int = seed, attrs=attributes, least=min_count) -> Any:
+                    return self.thresholds(out, self.folders[src], attrs, least, n_boot, seed)
 
                 settings = {"source": source, "attributes": attributes, "min_count": min_count, "n_boot": n_boot}
                 settings |= {"groups": self.s.get("groups", "cardiac"), "seed": seed}
@@ -454,8 +460,7 @@ class _Pipeline:
             missing = [a for a in attrs if a not in rows[0]]
             if missing:
                 raise InputError(
-                    f"threshold attributes {missing} are not columns of the {split} predictions "
-                    f"({sorted(rows[0])})",
+                    f"threshold attributes {missing} are not columns of the {split} predictions ({sorted(rows[0])})",
                     path=src / f"{split}_predictions.csv",
                     field=missing[0],
                 )
@@ -472,7 +477,9 @@ class _Pipeline:
         y = np.asarray([int(r["label"]) for r in test])
         level_columns = [c for c in test[0] if c in levels]
         groups = {a: [r[a] for r in test] for a in level_columns}
-        result = cls.classification_table(y, prob, groups, num_classes=2, levels=levels, n_boot=n_boot, random_state=seed)
+        result = cls.classification_table(
+            y, prob, groups, num_classes=2, levels=levels, n_boot=n_boot, random_state=seed
+        )
         info = {
             "split": "test",
             "thresholds": "per-group thresholds chosen on the validation split (fairmonai.pipeline.thresholds)",
@@ -482,7 +489,7 @@ class _Pipeline:
         cls.write_metrics_json(result, out / "test_metrics.json", info)
         cls.write_group_csv(result, out / "test_per_group.csv")
         predictions = [
-            {**r, "threshold": tt, "recalibrated_probability": float(pp), "predicted": int(float(r["probability"]) > tt)}
+            {**r, "threshold": tt, "recalibrated_probability": float(pp), "predicted": int(float(pp) > 0.5)}
             for r, tt, pp in zip(test, t, prob, strict=True)
         ]
         from fairmonai.engines.results import write_rows_csv
@@ -522,9 +529,7 @@ class _Pipeline:
         if stages:
             generator = {
                 "bundle": Path(str(self.s["generator_bundle"])).name,
-                "histories": {
-                    n.split("/", 1)[1]: _history(self.run_dir / n / "history.json", "loss") for n in stages
-                },
+                "histories": {n.split("/", 1)[1]: _history(self.run_dir / n / "history.json", "loss") for n in stages},
                 "metrics": None,
                 "grid_png": None,
             }
@@ -571,7 +576,7 @@ class _Pipeline:
         return {
             "schema": aggregate.SCHEMA,
             "title": self.s.get("title") or f"fairness pipeline: {self.manifest_file.parent.name or 'cohort'}",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "settings": _plain(self.s),
             "versions": _versions(),
             "machine": _machine(str(self.s.get("device") or "cpu")),
@@ -670,7 +675,10 @@ def run_pipeline(settings: Mapping[str, Any], stream: Any = "stdout") -> dict[st
         # autoencoder step 40x slower on the project's 2-core machine while other jobs ran
         torch.set_num_threads(int(settings["num_threads"]))
     try:
-        return _Pipeline(settings, stream=stream).run()
+        with warnings.catch_warnings():
+            # the same cohort warning from every bundle run: once is enough
+            warnings.simplefilter("once", UserWarning)
+            return _Pipeline(settings, stream=stream).run()
     finally:
         torch.set_num_threads(threads)
 
