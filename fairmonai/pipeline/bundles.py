@@ -78,6 +78,9 @@ def run_bundle(
     files = config_files(bundle, configs)
     meta = Path(bundle) / "configs" / "metadata.json"
     values = {"bundle_root": str(Path(bundle).resolve()), **dict(overrides)}
+    if log_level:  # MONAI's own bundle loggers announce every workflow (property files, logging.conf)
+        for name in ("monai.bundle", "monai.bundle.workflows", "monai.bundle.config_parser"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     workflow = ConfigWorkflow(
         config_file=[str(f) for f in files],
         meta_file=str(meta) if meta.is_file() else None,
@@ -85,7 +88,13 @@ def run_bundle(
         **values,
     )
     if log_level:
-        logging.getLogger().setLevel(str(log_level).upper())
+        # logging.conf gave the root logger an INFO console handler; engines log through loggers of their own
+        # level, which propagate to it: filter at the handlers
+        level = logging.getLevelName(str(log_level).upper())
+        root = logging.getLogger()
+        root.setLevel(level)
+        for handler in root.handlers:
+            handler.setLevel(level)
     workflow.initialize()
     try:
         if before_run is not None:

@@ -657,6 +657,24 @@ def pipeline_steps(settings: Mapping[str, Any]) -> list[str]:
     return [s.name for s in pipeline.steps] + ["report"]
 
 
+def _show_each_warning_once() -> None:
+    """Every bundle run reads the cohort and warns about it again; show each distinct message once.
+
+    (A filter action ``once`` does not survive the bundles' own ``catch_warnings`` blocks; ``showwarning``,
+    which they restore, does.) Call inside ``warnings.catch_warnings()``, which restores the original.
+    """
+    seen: set[tuple[str, type]] = set()
+    show = warnings.showwarning
+
+    def once(message, category, filename, lineno, file=None, line=None):
+        key = (str(message), category)
+        if key not in seen:
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = once
+
+
 def run_pipeline(settings: Mapping[str, Any], stream: Any = "stdout") -> dict[str, Any]:
     """Run (or resume) the pipeline of ``settings`` (the top-level keys of ``configs/pipeline.yaml``).
 
@@ -676,8 +694,7 @@ def run_pipeline(settings: Mapping[str, Any], stream: Any = "stdout") -> dict[st
         torch.set_num_threads(int(settings["num_threads"]))
     try:
         with warnings.catch_warnings():
-            # the same cohort warning from every bundle run: once is enough
-            warnings.simplefilter("once", UserWarning)
+            _show_each_warning_once()
             return _Pipeline(settings, stream=stream).run()
     finally:
         torch.set_num_threads(threads)
