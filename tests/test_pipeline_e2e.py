@@ -106,6 +106,8 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
         assert {"mean", "std", "values", "ci_low", "ci_high"} <= set(group["balanced_accuracy"])
     assert [a["baseline"] for a in report["arms"]] == [True, True, True, True, False]
     assert report["arms"][0]["runs"][0]["history"][0]["epoch"] == 1
+    train = run_dir / "arms" / "real" / "seed0" / "train"
+    assert (train / "models" / "model.pt").is_file() and not (train / "checkpoints").exists()  # pruned once done
     # the thresholds arm reuses the real arm's models: same within-group AUC per seed, by construction
     real, thresholded = report["arms"][0], report["arms"][3]
     pairs = zip(

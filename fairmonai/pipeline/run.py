@@ -43,7 +43,7 @@ from fairmonai.pipeline.steps import Step, StepRunner, _plain
 __all__ = ["run_pipeline", "pipeline_steps"]
 
 #: settings that never change a step's result (left out of every key)
-NOT_IN_KEYS = ("progress", "log_level")
+NOT_IN_KEYS = ("progress", "log_level", "prune_checkpoints")
 
 
 # ============================================================================================== helpers
@@ -90,6 +90,14 @@ def _history(path: Path, loss_name: str | None = None) -> list[dict[str, Any]]:
             entry[loss_name] = entry.pop("train_loss", None)
         out.append(entry)
     return out
+
+
+def _prune(folder: Path) -> None:
+    """Delete a finished training's resumable checkpoints (its step is done; model files stay)."""
+    import shutil
+
+    if folder.is_dir():
+        shutil.rmtree(folder)
 
 
 def _versions() -> dict[str, str]:
@@ -144,6 +152,7 @@ class _Pipeline:
         self.stream = sys.stdout if stream == "stdout" else stream
         self.progress = bool(self.s.get("progress", True))
         self.log_level = self.s.get("log_level")
+        self.prune = bool(self.s.get("prune_checkpoints", True))
         self.seeds = [int(k) for k in self.s.get("seeds", [0])]
         if not self.seeds:
             raise InputError("seeds is empty: give at least one seed", field="seeds")
@@ -285,6 +294,7 @@ class _Pipeline:
                 {"output_dir": "{self}/logs", "model_dir": "{self}/models", **dict(spec.get("paths") or {})},
                 upstream=list(previous),
                 before_run=attach_history,
+                after_run=(lambda out: _prune(out / "logs" / "checkpoints")) if self.prune else None,
             )
             previous.append(name)
         synthesis = self.s.get("synthesis") or {}
@@ -390,6 +400,7 @@ class _Pipeline:
                     paths,
                     upstream=upstream,
                     extra={"synthetic": bool(arm.get("synthetic"))},
+                    after_run=(lambda out: _prune(out / "checkpoints")) if self.prune else None,
                 )
                 self.add_eval(f"{base}/eval", bundle, eval_config, common, eval_overrides, seed, n_boot, splits)
 
