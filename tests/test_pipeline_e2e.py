@@ -105,7 +105,8 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
         group = arm["attributes"]["sex"]["groups"][0]
         assert {"mean", "std", "values", "ci_low", "ci_high"} <= set(group["balanced_accuracy"])
     assert [a["baseline"] for a in report["arms"]] == [True, True, True, True, False]
-    assert report["arms"][0]["runs"][0]["history"][0]["epoch"] == 1
+    history = report["arms"][0]["runs"][0]["history"]
+    assert history[0]["epoch"] == 1 and {"train_loss", "val_balanced_accuracy", "val_auc"} <= set(history[0])
     train = run_dir / "arms" / "real" / "seed0" / "train"
     assert (train / "models" / "model.pt").is_file() and not (train / "checkpoints").exists()  # pruned once done
     # the thresholds arm reuses the real arm's models: same within-group AUC per seed, by construction
@@ -149,3 +150,56 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
     report = json.loads((run_dir / "report.json").read_text())
     statuses = {s["name"]: s["status"] for s in report["steps"]}
     assert statuses["arms/real_groupdro/seed0/train"] == "ran" and statuses["synthesis"] == "skipped"
+
+
+TORCHRUN_SCRIPT = """
+import json, sys
+from fairmonai.pipeline.run import load_settings, run_pipeline
+settings = load_settings("demo", json.loads(sys.argv[1]))
+out = run_pipeline(settings)
+print("steps", json.dumps(out["steps"]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    """The pipeline under torchrun (2 CPU processes, gloo): every training step is a DDP run on both processes,
+    every other step runs on process 0; a rerun under torchrun skips everything."""
+    import os
+    import subprocess
+    import sys
+
+    manifest = make_phantom("cardiac", tmp_path / "cohort", subjects=48, seed=0)
+    run_dir = tmp_path / "run"
+    overrides = {
+        "manifest": str(manifest),
+        "run_dir": str(run_dir),
+        "arms": ["real", "real_thresholds"],
+        "seeds": [0],
+        "n_boot": 10,
+        "report": False,
+        "progress": False,
+        "log_level": "INFO",
+        "downstream_train": {"epochs": 1},
+    }
+    script = tmp_path / "pipeline_job.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(script), json.dumps(overrides)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "rank 0: bundle root" in output and "rank 1: bundle root" in output  # the DDP overlay on both
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [a["name"] for a in report["arms"]] == ["real", "real_thresholds"]
+    assert [s["status"] for s in report["steps"]] == ["ran"] * 4
+    assert report["steps"][1]["name"] == "arms/real/seed0/train"
+    settings = json.loads((run_dir / "steps" / "arms__real__seed0__train.json").read_text())["settings"]
+    assert settings["configs"] == ["train.yaml", "multi_gpu_train.yaml"]
+    history = report["arms"][0]["runs"][0]["history"]
+    assert len(history) == 1 and history[0]["val_balanced_accuracy"] is not None
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    lines = [line for line in rerun.stdout.splitlines() if line.startswith("steps ")]
+    assert lines and all(s["status"] == "skipped" for line in lines for s in json.loads(line[6:]))

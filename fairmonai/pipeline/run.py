@@ -38,7 +38,7 @@ from typing import Any
 from fairmonai.errors import InputError
 from fairmonai.pipeline import aggregate
 from fairmonai.pipeline.bundles import config_files, run_bundle, split_overrides
-from fairmonai.pipeline.steps import Step, StepRunner, _plain
+from fairmonai.pipeline.steps import FileBarrier, Step, StepRunner, _plain
 
 __all__ = ["run_pipeline", "pipeline_steps"]
 
@@ -78,17 +78,22 @@ def _rel(path: Path, run_dir: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), run_dir.resolve())).as_posix()
 
 
-def _history(path: Path, loss_name: str | None = None) -> list[dict[str, Any]]:
-    """Epoch entries of a TrainingHistory JSON (``train_loss`` renamed ``loss_name`` when given)."""
+#: validation metrics of a downstream training history kept in report.json (as ``val_<name>``)
+HISTORY_METRICS = ("balanced_accuracy", "auc", "worst_group_balanced_accuracy", "balanced_accuracy_gap")
+
+
+def _history(path: Path, loss_name: str | None = None, metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Epoch entries of a TrainingHistory JSON: ``epoch``, the training loss (as ``loss_name`` when given, else
+    ``train_loss``) and, with ``metrics``, those validation metrics as ``val_<name>``."""
     if not Path(path).is_file():
         return []
     out = []
     for entry in _read_json(path).get("epochs", []):
-        entry = dict(entry)
-        entry.pop("iterations", None)
-        if loss_name:
-            entry[loss_name] = entry.pop("train_loss", None)
-        out.append(entry)
+        row: dict[str, Any] = {"epoch": entry.get("epoch"), loss_name or "train_loss": entry.get("train_loss")}
+        for name in metrics or ():
+            if name in entry:
+                row[f"val_{name}"] = entry[name]
+        out.append(row)
     return out
 
 
@@ -153,6 +158,9 @@ class _Pipeline:
         self.progress = bool(self.s.get("progress", True))
         self.log_level = self.s.get("log_level")
         self.prune = bool(self.s.get("prune_checkpoints", True))
+        # under torchrun (WORLD_SIZE > 1): training steps on every process, the others on process 0
+        self.barrier = FileBarrier.from_env(self.run_dir) if self.s.get("distributed", True) is not False else None
+        self.rank = self.barrier.rank if self.barrier is not None else 0
         self.seeds = [int(k) for k in self.s.get("seeds", [0])]
         if not self.seeds:
             raise InputError("seeds is empty: give at least one seed", field="seeds")
@@ -225,7 +233,11 @@ class _Pipeline:
         before_run: Any = None,
         after_run: Any = None,
         extra: Mapping[str, Any] | None = None,
+        distributed_config: str | None = None,
     ) -> Step:
+        parallel = self.barrier is not None and bool(distributed_config)
+        if parallel:  # the overlay sets up (initialize) and destroys (finalize) the process group of this step
+            configs = [*configs, str(distributed_config)]
         files = config_files(bundle, configs)
         folder = self.run_dir / name
         self.folders[name] = folder
@@ -245,7 +257,8 @@ class _Pipeline:
             "overrides": _keyed(overrides),
             **(extra or {}),
         }
-        step = Step(name, _plain(settings), action, files=[*files, self.manifest_file], upstream=list(upstream))
+        inputs = [*files, self.manifest_file]
+        step = Step(name, _plain(settings), action, files=inputs, upstream=list(upstream), parallel=parallel)
         self.steps.append(step)
         return step
 
@@ -282,6 +295,8 @@ class _Pipeline:
             def attach_history(workflow: Any, out: Path) -> None:
                 from fairmonai.engines import TrainingHistory
 
+                if self.rank != 0:
+                    return
                 trainer = workflow.parser.get_parsed_content("train#trainer")
                 TrainingHistory(out / "history.json").attach(trainer)
 
@@ -294,7 +309,8 @@ class _Pipeline:
                 {"output_dir": "{self}/logs", "model_dir": "{self}/models", **dict(spec.get("paths") or {})},
                 upstream=list(previous),
                 before_run=attach_history,
-                after_run=(lambda out: _prune(out / "logs" / "checkpoints")) if self.prune else None,
+                after_run=(lambda out: _prune(out / "logs" / "checkpoints")) if self.prune and self.rank == 0 else None,
+                distributed_config=self.s.get("generator_distributed_config"),
             )
             previous.append(name)
         synthesis = self.s.get("synthesis") or {}
@@ -400,7 +416,8 @@ class _Pipeline:
                     paths,
                     upstream=upstream,
                     extra={"synthetic": bool(arm.get("synthetic"))},
-                    after_run=(lambda out: _prune(out / "checkpoints")) if self.prune else None,
+                    after_run=(lambda out: _prune(out / "checkpoints")) if self.prune and self.rank == 0 else None,
+                    distributed_config=self.s.get("downstream_distributed_config"),
                 )
                 self.add_eval(f"{base}/eval", bundle, eval_config, common, eval_overrides, seed, n_boot, splits)
 
@@ -567,7 +584,7 @@ class _Pipeline:
                         "seed": seed,
                         "test_metrics": _rel(metrics_file, self.run_dir),
                         "table": table,
-                        "history": _history(self.run_dir / train / "history.json"),
+                        "history": _history(self.run_dir / train / "history.json", metrics=HISTORY_METRICS),
                     }
                 )
             if attributes is None and runs:
@@ -613,6 +630,10 @@ class _Pipeline:
 
     # ------------------------------------------------------------------------------------------------ run
     def build(self) -> None:
+        if self.barrier is not None:  # the built-in cohort is written once, by process 0
+            if self.rank == 0:
+                self.manifest()
+            self.barrier()
         self.manifest_file = self.manifest()
         if self.s.get("audit", True):
             self.add_audit()
@@ -623,7 +644,7 @@ class _Pipeline:
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
         self.build()
-        runner = StepRunner(self.run_dir, total=len(self.steps) + 1, stream=self.stream)
+        runner = StepRunner(self.run_dir, total=len(self.steps) + 1, stream=self.stream, barrier=self.barrier)
         for step in self.steps:
             runner.run(step)
         done = [s.name for s in self.steps]
@@ -635,10 +656,10 @@ class _Pipeline:
         # report.json sits in the run folder itself, so its step has no folder of its own
         runner.run(Step("report", {"n_boot": int(self.s.get("n_boot", 1000))}, write, upstream=done, out=None))
         report_json = self.run_dir / "report.json"
-        if not report_json.is_file():  # deleted after it was written: rebuild it
+        if not report_json.is_file() and self.rank == 0:  # deleted after it was written: rebuild it
             aggregate.write_report(self.run_dir, self.report(runner))
         html = None
-        if self.s.get("report", True):
+        if self.s.get("report", True) and self.rank == 0:
             html = render(self.run_dir, self.stream)
         seconds = time.perf_counter() - start
         return {

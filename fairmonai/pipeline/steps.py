@@ -29,7 +29,7 @@ from typing import Any
 
 from fairmonai.io.atomic import atomic_write
 
-__all__ = ["Step", "StepResult", "StepRunner", "canonical_json", "file_digest", "step_key"]
+__all__ = ["FileBarrier", "Step", "StepResult", "StepRunner", "canonical_json", "file_digest", "step_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class Step:
         files: input files whose contents the result depends on.
         upstream: names of the steps whose outputs it reads (they must have run, or been skipped, before).
         out: output folder relative to the run folder (default: ``name``); None for a step without one.
+        parallel: in a multi-process run (:class:`FileBarrier`), every process runs the action (a distributed
+            training that sets up its own process group); otherwise process 0 runs it while the others wait.
     """
 
     name: str
@@ -106,6 +108,7 @@ class Step:
     files: Sequence[str | os.PathLike] = ()
     upstream: Sequence[str] = ()
     out: str | None = field(default="")
+    parallel: bool = False
 
     def folder(self) -> str | None:
         return self.name if self.out == "" else self.out
@@ -126,20 +129,89 @@ class StepResult:
         return {"name": self.name, "key": self.key, "status": self.status, "seconds": round(float(self.seconds), 3)}
 
 
+class FileBarrier:
+    """A barrier of the processes of a ``torchrun`` job through files in a shared folder, with no process group.
+
+    The pipeline keeps no ``torch.distributed`` group between steps: a distributed training step creates and
+    destroys its own (the bundles' ``multi_gpu_train.yaml``), and a step that process 0 runs alone must not find
+    one (the fairness handlers gather over every rank of an initialised group). Each call writes
+    ``<folder>/<n>.<rank>`` and waits until every rank's ``<n>`` file exists.
+
+    Args:
+        folder: a folder every process sees (under the run folder), one per job (``torchrun``'s run id).
+        rank, world_size: this process's rank and the number of processes.
+        timeout: seconds to wait at one barrier before giving up (a peer that died never arrives).
+    """
+
+    def __init__(self, folder: str | os.PathLike, rank: int, world_size: int, timeout: float = 6 * 3600) -> None:
+        self.folder = Path(folder)
+        self.rank, self.world_size, self.timeout = int(rank), int(world_size), float(timeout)
+        self.count = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_env(cls, run_dir: str | os.PathLike) -> FileBarrier | None:
+        """The barrier of this ``torchrun`` job (``RANK``, ``WORLD_SIZE``, ``TORCHELASTIC_RUN_ID``), or None alone.
+
+        Process 0 removes the barrier folders of earlier jobs (they are over) before its first barrier.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        address = f"{os.environ.get('MASTER_ADDR')}-{os.environ.get('MASTER_PORT')}"
+        token = os.environ.get("TORCHELASTIC_RUN_ID") or address
+        sync = Path(run_dir) / "steps" / ".sync"
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 0 and sync.is_dir():
+            for old in sync.iterdir():
+                if old.name != token:
+                    shutil.rmtree(old, ignore_errors=True)
+        return cls(sync / token, rank, world)
+
+    def __call__(self) -> None:
+        self.count += 1
+        (self.folder / f"{self.count:06d}.{self.rank}").touch()
+        names = [self.folder / f"{self.count:06d}.{r}" for r in range(self.world_size)]
+        deadline = time.monotonic() + self.timeout
+        while not all(n.exists() for n in names):
+            if time.monotonic() > deadline:
+                missing = [n.name for n in names if not n.exists()]
+                raise TimeoutError(f"barrier {self.count} in {self.folder}: no sign of {missing} for {self.timeout} s")
+            time.sleep(0.05)
+
+
 class StepRunner:
     """Runs :class:`Step` objects in a run folder, skipping those already finished with the same key.
+
+    In a multi-process run (``barrier`` given) every process makes the same skip decision from the same
+    records (a record changes only after every process has passed the barrier that follows reading it);
+    process 0 alone deletes and creates folders, runs the steps that are not ``parallel`` and writes the
+    records and progress lines.
 
     Args:
         run_dir: the run folder; completion records go to ``run_dir/steps/``.
         total: number of steps expected (for the ``[i/total]`` progress lines).
         stream: where the progress lines go (default ``sys.stdout``); None prints nothing.
+        barrier: a :class:`FileBarrier` of the job's processes; None for a single process.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, total: int | None = None, stream: Any = "stdout") -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        total: int | None = None,
+        stream: Any = "stdout",
+        barrier: FileBarrier | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.total = total
         self.stream = sys.stdout if stream == "stdout" else stream
         self.results: dict[str, StepResult] = {}
+        self.barrier = barrier
+        self.rank = barrier.rank if barrier is not None else 0
+
+    def _sync(self) -> None:
+        if self.barrier is not None:
+            self.barrier()
 
     # ------------------------------------------------------------------------------------------------ records
     def record_path(self, name: str) -> Path:
@@ -161,7 +233,7 @@ class StepRunner:
         return step_key(step.name, step.settings, step.files, upstream)
 
     def _say(self, text: str) -> None:
-        if self.stream is not None:
+        if self.stream is not None and self.rank == 0:
             print(text, file=self.stream, flush=True)
 
     # -------------------------------------------------------------------------------------------------- run
@@ -181,17 +253,28 @@ class StepRunner:
             self._say(f"{counter} {step.name}: skipped (finished before, {result.seconds:.1f} s, key {key[:12]})")
             return result
         self._say(f"{counter} {step.name}: running (key {key[:12]})")
-        # no record with this key: whatever is in the folder is a killed run's or another key's; start clean
-        self.record_path(step.name).unlink(missing_ok=True)
-        if out is not None:
-            if out.is_dir() and not out.is_symlink():
-                shutil.rmtree(out)
-            elif out.exists() or out.is_symlink():
-                out.unlink()
-            out.mkdir(parents=True)
+        first = self.rank == 0
+        self._sync()  # every process has read the old record before process 0 removes it
+        if first:
+            # no record with this key: whatever is in the folder is a killed run's or another key's; start clean
+            self.record_path(step.name).unlink(missing_ok=True)
+            if out is not None:
+                if out.is_dir() and not out.is_symlink():
+                    shutil.rmtree(out)
+                elif out.exists() or out.is_symlink():
+                    out.unlink()
+                out.mkdir(parents=True)
+        self._sync()
         start = time.perf_counter()
-        value = step.action(out)
+        value = step.action(out) if (first or step.parallel) else None
         seconds = time.perf_counter() - start
+        self._sync()
+        if not first:  # process 0's record is what every process goes on with
+            self._sync()
+            record = self.read_record(step.name) or {}
+            result = StepResult(step.name, key, "ran", float(record.get("seconds", seconds)), record.get("result"))
+            self.results[step.name] = result
+            return result
         record = {
             "schema": RECORD_SCHEMA,
             "name": step.name,
@@ -206,6 +289,7 @@ class StepRunner:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, encoding="utf-8") as f:  # last: the step counts as finished only now
             json.dump(record, f, indent=1, allow_nan=False)
+        self._sync()
         result = StepResult(step.name, key, "ran", seconds, record["result"])
         self.results[step.name] = result
         self._say(f"{counter} {step.name}: ran in {seconds:.1f} s")
