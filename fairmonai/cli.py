@@ -212,6 +212,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         manifest = make_phantom("cardiac", out / "cohort", subjects=args.subjects, seed=args.seed, force=args.force)
     print(f"cohort: {manifest} ({time.perf_counter() - start:.1f} s)")
     overrides = {"run_dir": str(out / "pipeline"), "manifest": str(manifest)}
+    overrides["title"] = f"fairness pipeline: built-in cardiac cohort ({args.subjects} subjects, seed {args.seed})"
     overrides |= _key_values(args.set, "--set")
     overrides.setdefault("report", render_available())
     settings = load_settings(args.preset, overrides)

@@ -654,7 +654,9 @@ class _Pipeline:
             return _rel(aggregate.write_report(self.run_dir, report), self.run_dir)
 
         # report.json sits in the run folder itself, so its step has no folder of its own
-        runner.run(Step("report", {"n_boot": int(self.s.get("n_boot", 1000))}, write, upstream=done, out=None))
+        # keyed by every setting: report.json shows them verbatim (and rewriting it takes a fraction of a second)
+        shown = _plain({k: v for k, v in self.s.items() if k not in NOT_IN_KEYS})
+        runner.run(Step("report", shown, write, upstream=done, out=None))
         report_json = self.run_dir / "report.json"
         if not report_json.is_file() and self.rank == 0:  # deleted after it was written: rebuild it
             aggregate.write_report(self.run_dir, self.report(runner))
