@@ -65,6 +65,13 @@ def tiny_settings(manifest: Path, run_dir: Path, **overrides) -> dict:
         "synthesis_overrides": {"num_inference_steps": 2, "batch_size": 64, "sample_batch_size": 64},
         "filter": {"name": "every_other", "options": {"start": 0}},
         "downstream_train": {"epochs": 1, "epoch_length": 3},
+        "generator_eval": True,
+        "generator_eval_overrides": {
+            "fit_reference_models": True,
+            "reference_steps": 10,
+            "segmenter_steps": 10,
+            "grid_per_group": 1,
+        },
     }
     values.update(overrides)
     return load_settings("demo", values)
@@ -79,13 +86,14 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
     assert report["schema"] == "fairmonai.pipeline_report/1"
     assert all(s["status"] == "ran" for s in first["steps"])
     names = [s["name"] for s in report["steps"]]
-    assert names[:6] == [
+    assert names[:7] == [
         "audit",
         "generator/autoencoder",
         "generator/diffusion",
         "generator/controlnet",
         "synthesis",
         "filter",
+        "generator/eval",
     ]
     assert [a["name"] for a in report["arms"]] == [
         "real",
@@ -127,6 +135,11 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
     histories = report["generator"]["histories"]
     assert set(histories) == {"autoencoder", "diffusion", "controlnet"} and all(histories.values())
     assert histories["diffusion"][0]["loss"] > 0
+    # the generator evaluation ran on the kept samples: its scalars and the real-versus-synthetic grid
+    assert report["generator"]["grid_png"] == "generator/eval/generation_grid.png"
+    assert (run_dir / report["generator"]["grid_png"]).is_file() and report["generator"]["metrics"]["fid_domain"] > 0
+    evaluated = json.loads((run_dir / "generator" / "eval" / "generation_metrics.json").read_text())
+    assert evaluated["info"]["synthetic_manifest"].endswith("filter/synthetic.csv")
     # a synthetic record never reaches validation or test: the synthetic arm is evaluated on the real test split
     synth_eval = json.loads((run_dir / report["arms"][4]["runs"][0]["test_metrics"]).read_text())
     assert synth_eval["n"] == report["cohort"]["splits"]["test"]
