@@ -59,26 +59,24 @@ def test_unknown_bias_knob_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_builds_the_cohort_and_writes_the_audit(tmp_path):
-    """`make demo` in small: the real console script, a real cohort on disk, the audit page."""
+def test_demo_builds_the_cohort_and_runs_the_pipeline(tmp_path):
+    """`make demo` in small: the real console script, a real cohort on disk, the pipeline's audit and report.json
+    (one arm, one seed, one epoch: the whole pipeline is tests/test_pipeline_e2e.py)."""
     out = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "fairmonai.cli", "demo", "--out", str(out), "--subjects", "30"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    tiny = ["--set", 'arms=["real"]', "seeds=[0]", 'downstream_train={"epochs": 1, "epoch_length": 2}', "n_boot=10"]
+    command = [sys.executable, "-m", "fairmonai.cli", "demo", "--out", str(out), "--subjects", "48", *tiny]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert (out / "cohort" / "manifest.csv").is_file()
-    html = (out / "audit" / "audit.html").read_text()
+    html = (out / "pipeline" / "audit" / "audit.html").read_text()
     assert "sex=F" in html and "<img" in html
-    rerun = subprocess.run(
-        [sys.executable, "-m", "fairmonai.cli", "demo", "--out", str(out), "--subjects", "30"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    assert "[1/4] audit: ran in" in result.stdout
+    assert f"report.json: {out / 'pipeline' / 'report.json'}" in result.stdout
+    report = json.loads((out / "pipeline" / "report.json").read_text())
+    assert [a["name"] for a in report["arms"]] == ["real"] and report["settings"]["image_size"] == 32
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert "cohort already built" in rerun.stdout  # a rerun skips work already done
+    assert "[2/4] arms/real/seed0/train: skipped" in rerun.stdout
 
 
 def test_manifest_command_makes_a_stratified_split_and_writes_json(tmp_path, capsys):
