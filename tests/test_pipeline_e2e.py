@@ -13,6 +13,7 @@ from fairmonai import registry
 from fairmonai.phantoms import make_phantom
 from fairmonai.pipeline import run_pipeline
 from fairmonai.pipeline.run import load_settings
+from fairmonai.report import load_report
 
 FILTER_MODULE = '''
 import csv
@@ -55,7 +56,7 @@ def tiny_settings(manifest: Path, run_dir: Path, **overrides) -> dict:
         "run_dir": str(run_dir),
         "seeds": [0, 1],
         "n_boot": 20,
-        "report": False,
+        "report": True,
         "progress": False,
         "num_threads": 1,
         "generator_autoencoder": stage,
@@ -82,6 +83,10 @@ def test_pipeline_end_to_end_resumes_and_reruns_only_what_changed(tmp_path: Path
     manifest = make_phantom("cardiac", tmp_path / "cohort", subjects=48, seed=0)
     run_dir = tmp_path / "run"
     first = run_pipeline(tiny_settings(manifest, run_dir), stream=None)
+    # the page is built from the pipeline's own report.json, which the report's schema check accepts
+    assert Path(first["report_html"]) == run_dir / "report.html" and (run_dir / "report.html").is_file()
+    assert load_report(run_dir / "report.json")["arms"][0]["name"] == "real"
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
     report = json.loads((run_dir / "report.json").read_text())
     assert report["schema"] == "fairmonai.pipeline_report/1"
     assert all(s["status"] == "ran" for s in first["steps"])
