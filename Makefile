@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_diffusion_trainer.py --out bench/results
 	$(BIN)/python bench/bench_cardiac_cine_ldm.py --subjects 24 --image-size 32 --batch-size 8 --iterations 8 \
 		--repeats 3 --threads 1 --out bench/results
+	$(BIN)/python bench/bench_fairness_pipeline.py --preset demo --out bench/results
 	$(BIN)/python bench/collect.py --results bench/results --out bench/results.json
 
 clean:
