@@ -120,11 +120,26 @@ def _pm(mean: float, std: float | None) -> str:
     return f"{mean:.3f}" + ("" if std is None else f" &plusmn; {std:.3f}")
 
 
+#: below this median number of test records per group, worst-group values rank noise, not arms
+MIN_MEDIAN_GROUP_SIZE = 5
+
+
+def _group_sizes(report: Mapping, attr: str) -> list[int]:
+    """Test records per group of ``attr`` (from the first arm that ran; every arm uses the same test split)."""
+    for arm in report["arms"]:
+        if arm_ran(arm) and attr in arm["attributes"]:
+            return [int(g["count"]) for g in arm["attributes"][attr]["groups"] if g["count"]]
+    return []
+
+
 def _summary_verdicts(report: Mapping) -> tuple[list[str], str]:
-    """Per attribute, which arm has the best worst-group balanced accuracy, and a one-line headline."""
+    """Per attribute, which arm has the best worst-group balanced accuracy, and a one-line headline.
+
+    The synthetic arm is *ahead of*, *level with* or *behind* the best baseline; attributes whose groups hold a
+    median of fewer than :data:`MIN_MEDIAN_GROUP_SIZE` test records are reported but left out of the headline.
+    """
     lines: list[str] = []
-    synthetic_best: list[str] = []
-    synthetic_not: list[str] = []
+    verdicts: dict[str, list[str]] = {"ahead": [], "level": [], "behind": [], "too small": []}
     synthetic_ran = any(arm_ran(a) and not a["baseline"] for a in report["arms"])
     for attr in report["attributes"]:
         scored = [(a, *_worst_group(a, attr)) for a in report["arms"]]
@@ -137,6 +152,8 @@ def _summary_verdicts(report: Mapping) -> tuple[list[str], str]:
         best = [s for s in scored if s[1] == top]
         names = " and ".join(f"{_e(s[0]['label'])} ({_pm(s[1], s[2])})" for s in best)
         text = f"<b>{_e(attr)}</b>: best worst-group balanced accuracy: {names}."
+        sizes = sorted(_group_sizes(report, attr))
+        small = bool(sizes) and sizes[len(sizes) // 2] < MIN_MEDIAN_GROUP_SIZE
         syn = [s for s in scored if not s[0]["baseline"]]
         base = [s for s in scored if s[0]["baseline"]]
         if syn and base:
@@ -144,39 +161,49 @@ def _summary_verdicts(report: Mapping) -> tuple[list[str], str]:
             b_best = max(base, key=lambda s: s[1])
             diff = s_best[1] - b_best[1]
             spread = max(v for v in (s_best[2], b_best[2], 0.0) if v is not None)
-            if diff >= 0:
-                synthetic_best.append(attr)
-                how = "level with" if diff == 0 else "ahead of"
-                text += f" The synthetic arm {_e(s_best[0]['label'])} is {how} the best baseline, "
-                text += f"{_e(b_best[0]['label'])}" + ("." if diff == 0 else f", by {diff:.3f}.")
-            else:
-                synthetic_not.append(attr)
+            verdict = "ahead" if diff > 0 else "level" if diff == 0 else "behind"
+            verdicts["too small" if small else verdict].append(attr)
+            if verdict == "behind":
                 text += (
                     f" The synthetic arm {_e(s_best[0]['label'])} ({_pm(s_best[1], s_best[2])}) is "
                     f"{-diff:.3f} below the best baseline, {_e(b_best[0]['label'])}."
                 )
+            else:
+                text += f" The synthetic arm {_e(s_best[0]['label'])} is {'level with' if diff == 0 else 'ahead of'}"
+                text += f" the best baseline, {_e(b_best[0]['label'])}" + ("." if diff == 0 else f", by {diff:.3f}.")
             if spread and abs(diff) <= spread:
                 text += " The difference is within one standard deviation over seeds: this run does not settle it."
+        if small:
+            text += (
+                f" Its groups hold a median of {sizes[len(sizes) // 2]} test records (smallest {sizes[0]}): too few"
+                " to rank arms by their worst group, so it is left out of the headline."
+            )
         if derived:
             text += " (Some arms have no worst_balanced_accuracy: their smallest per-group mean is shown.)"
         lines.append(f"<li>{text}</li>")
     baseline_ran = any(arm_ran(a) and a["baseline"] for a in report["arms"])
-    best, behind = ", ".join(map(_e, synthetic_best)), ", ".join(map(_e, synthetic_not))
+    ranked = {k: ", ".join(map(_e, v)) for k, v in verdicts.items() if v and k != "too small"}
     if not synthetic_ran:
         headline = "No synthetic arm ran: the comparison below is among the baseline arms only."
     elif not baseline_ran:
         headline = "No baseline arm ran: there is nothing to compare the synthetic arm with."
-    elif not synthetic_best and not synthetic_not:
-        headline = "No attribute has worst-group results for both a synthetic and a baseline arm."
-    elif not synthetic_not:
+    elif not ranked:
+        headline = "No attribute has enough test records per group to compare the synthetic arm with the baselines."
+    elif set(ranked) == {"ahead"}:
         headline = (
-            "The worst-group balanced accuracy of the synthetic arm is at least that of every baseline arm for "
-            f"every attribute: {best}."
+            f"The synthetic arm has the best worst-group balanced accuracy for every attribute: {ranked['ahead']}."
         )
-    elif not synthetic_best:
-        headline = f"A baseline arm has a better worst-group balanced accuracy than the synthetic arm for {behind}."
+    elif set(ranked) == {"behind"}:
+        headline = (
+            f"A baseline arm has a better worst-group balanced accuracy than the synthetic arm for {ranked['behind']}."
+        )
     else:
-        headline = f"The synthetic arm has the best worst-group balanced accuracy for {best} and not for {behind}."
+        parts = [
+            f"{how} the best baseline for {ranked[k]}"
+            for k, how in (("ahead", "ahead of"), ("level", "level with"), ("behind", "behind"))
+            if k in ranked
+        ]
+        headline = "By worst-group balanced accuracy, the synthetic arm is " + "; ".join(parts) + "."
     return lines, headline
 
 
