@@ -243,3 +243,69 @@ def test_pipeline_stops_on_a_mapping_naming_a_column_the_table_lacks(tmp_path: P
     message = str(info.value)
     assert "mapping.yaml" in message and "'columns.age'" in message and "'Age'" in message
     assert "AgeYears" in message  # the header it has, so the user sees the right name
+
+
+def test_dicom_export_with_a_missing_series_or_a_bad_tag_stops_naming_row_file_and_tag(tmp_path: Path) -> None:
+    import pydicom
+
+    phantom = make_phantom("cardiac", tmp_path / "phantom", subjects=12, seed=0)
+    study = tmp_path / "study"
+    _export(phantom, study, dicom=True)
+    (study / "mapping.yaml").write_text(DICOM_MAPPING)
+    first = sorted((study / "dicom" / "UKB1003" / "cine").iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.PatientAge = "58 years"
+    ds.save_as(first)
+    with pytest.raises(InputError) as info:
+        run_pipeline(_settings(study / "mapping.yaml", tmp_path / "run"), stream=None)
+    message = str(info.value)
+    assert str(first) in message and "'PatientAge'" in message and "'58 years'" in message
+    assert "line 4 of" in message and "records.csv" in message  # the record: header + 3 rows
+    for f in (study / "dicom" / "UKB1003" / "cine").iterdir():
+        f.unlink()
+    (study / "dicom" / "UKB1003" / "cine").rmdir()
+    with pytest.raises(InputError) as info:
+        run_pipeline(_settings(study / "mapping.yaml", tmp_path / "run"), stream=None)
+    message = str(info.value)
+    assert "records.csv" in message and "row 4" in message and "'dicom_tags.series'" in message
+    assert "file not found" in message and "UKB1003/cine" in message
+
+
+def test_dicom_tags_series_mistakes_name_the_mapping_key(tmp_path: Path) -> None:
+    phantom = make_phantom("cardiac", tmp_path / "phantom", subjects=12, seed=0)
+    study = tmp_path / "study"
+    _export(phantom, study, dicom=True)
+    cases = {
+        '"../dicom/{Patient}/cine"': ("'dicom_tags.series'", "names column 'Patient'"),
+        '"../dicom/cine"': ("'dicom_tags.series'", "names no column"),
+    }
+    for template, expected in cases.items():
+        (study / "mapping.yaml").write_text(DICOM_MAPPING.replace('"../dicom/{PatientID}/cine"', template))
+        with pytest.raises(InputError) as info:
+            Cohort.from_manifest(study / "mapping.yaml")
+        assert all(e in str(info.value) for e in expected), str(info.value)
+    (study / "mapping.yaml").write_text(DICOM_MAPPING.replace("fields: [sex, age, bmi]", "fields: [sex, race]"))
+    with pytest.raises(InputError, match=r"'dicom_tags'.*must be true or a list of"):
+        Cohort.from_manifest(study / "mapping.yaml")
+    (study / "mapping.yaml").write_text(DICOM_MAPPING.replace("fields:", "attributes:"))
+    with pytest.raises(InputError, match=r"'dicom_tags.attributes'.*unknown key"):
+        Cohort.from_manifest(study / "mapping.yaml")
+
+
+@pytest.mark.slow
+def test_editing_the_teams_table_reruns_the_steps_that_read_the_cohort(tmp_path: Path) -> None:
+    """A mapping's records come from the team's table: a corrected label there is not a finished run."""
+    phantom = make_phantom("cardiac", tmp_path / "phantom", subjects=24, seed=0)
+    study = tmp_path / "study"
+    _export(phantom, study)
+    (study / "mapping.yaml").write_text(NIFTI_MAPPING)
+    settings = _settings(study / "mapping.yaml", tmp_path / "run", arms=["real"])
+    first = run_pipeline(settings, stream=None)
+    assert [s["name"] for s in first["steps"]] == ["audit", "arms/real/seed0/train", "arms/real/seed0/eval", "report"]
+    assert {s["status"] for s in run_pipeline(settings, stream=None)["steps"]} == {"skipped"}
+    table = study / "clinical" / "records.csv"
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].replace(",no,", ",yes,") if ",no," in lines[1] else lines[1].replace(",yes,", ",no,")
+    table.write_text("\n".join(lines) + "\n")
+    third = run_pipeline(settings, stream=None)
+    assert [s["status"] for s in third["steps"]] == ["ran"] * 4
