@@ -78,8 +78,14 @@ def _export(phantom: Path, study: Path, dicom: bool = False) -> list[dict]:
             seg = nib.load(Path(rec.image) / f"seg_sa_{phase}.nii.gz")
             nib.save(nib.Nifti1Image(np.asarray(seg.dataobj).astype(np.int16), seg.affine), folder / f"{name}.nii.gz")
         n_frames = cine.shape[3]
-        row = {
-            "PatientID": pid,
+        row = {"PatientID": pid}
+        if not dicom:  # the DICOM export keeps them in the series' headers only
+            row |= {
+                "Sex": {"F": "Female", "M": "Male"}[rec.attributes["sex"]],
+                "AgeYears": rec.attributes["age"],
+                "BMI": rec.attributes["bmi"],
+            }
+        row |= {
             "HeartFailure": "yes" if int(rec.label) else "no",
             "ED": (int(rec.extra["ed_frame"]) + shift) % n_frames,
             "ES": (int(rec.extra["es_frame"]) + shift) % n_frames,
@@ -87,12 +93,6 @@ def _export(phantom: Path, study: Path, dicom: bool = False) -> list[dict]:
         }
         if dicom:
             _write_dicom_series(scaled, rec.attributes, study / "dicom" / pid / "cine", pid, int(row["ED"]))
-        else:
-            row |= {
-                "Sex": {"F": "Female", "M": "Male"}[rec.attributes["sex"]],
-                "AgeYears": rec.attributes["age"],
-                "BMI": rec.attributes["bmi"],
-            }
         rows.append(row)
     (study / "clinical").mkdir()
     with open(study / "clinical" / "records.csv", "w", newline="") as f:
