@@ -25,6 +25,7 @@ column, how their values are spelt, where each record's files are and how the sp
       values: {dev: training, tune: validation, holdout: test}
     # split: {stratify: [sex, label], fractions: {training: .7, validation: .15, test: .15}, seed: 0}
     dicom_tags: true               # fill sex / age / bmi from DICOM tags where the table has none
+    # dicom_tags: {series: "{PatientID}/DICOM", fields: [sex, age, bmi]}   # tags of another file than the image
     ranges: {age: [18, 100]}       # plausible bounds, on top of the defaults (age 0-130, BMI 1-100)
     drop: [Notes]                  # team columns to leave out
 
@@ -64,13 +65,14 @@ from fairmonai.io.manifest import (
     warn_frame_lookalikes,
 )
 
-__all__ = ["MAPPING_KEYS", "DEFAULT_FRACTIONS", "MappedTable", "read_mapping", "stratified_split"]
+__all__ = ["MAPPING_KEYS", "DEFAULT_FRACTIONS", "MappedTable", "read_mapping", "mapping_inputs", "stratified_split"]
 
 #: top-level keys of a mapping file
 MAPPING_KEYS = ("table", "root", "columns", "values", "files", "split", "dicom_tags", "ranges", "drop")
 DEFAULT_FRACTIONS = {"training": 0.7, "validation": 0.15, "test": 0.15}
 _SPLIT_KEYS = ("column", "values", "stratify", "fractions", "seed")
 _DICOM_DEFAULT = ("sex", "age", "bmi")
+_DICOM_KEYS = ("series", "fields")
 # how PyYAML 1.1 reads unquoted yes/no/on/off/true/false keys: back to the words a table holds
 _BOOL_WORDS = {True: ("yes", "true", "on", "y"), False: ("no", "false", "off", "n")}
 
@@ -412,18 +414,44 @@ class _Mapping:
     def _dicom(self, data: Mapping[str, Any]) -> None:
         tags = data.get("dicom_tags", False)
         self.dicom_fields: tuple[str, ...] = ()
+        # {series: template, fields: [...]}: the tags come from another file than the image, e.g. the original
+        # DICOM series of a cine the networks read as NIfTI (the cardiac cine reader reads NIfTI only)
+        self.dicom_series: tuple[str, list[str]] | None = None
         if tags is False or tags is None:
             return
         from fairmonai.io.dicom import DICOM_ATTRIBUTES  # pydicom: only when asked for
 
+        if isinstance(tags, dict):
+            unknown = [k for k in tags if k not in _DICOM_KEYS]
+            if unknown:
+                raise _err(self.path, f"dicom_tags.{unknown[0]}", f"unknown key; known keys are {list(_DICOM_KEYS)}")
+            series = tags.get("series")
+            if not isinstance(series, str) or not series.strip():
+                raise _err(
+                    self.path,
+                    "dicom_tags.series",
+                    f"must be a path template of each record's DICOM series folder or file, such as "
+                    f"'{{{self.header[0]}}}/DICOM'; got {series!r}",
+                )
+            self.dicom_series = (series, _template_fields(series, "dicom_tags.series", self.path, self.header))
+            tags = tags.get("fields", list(_DICOM_DEFAULT))
         if tags is True:
             tags = list(_DICOM_DEFAULT)
         if isinstance(tags, str):
             tags = [tags]
-        if not isinstance(tags, list) or any(t not in DICOM_ATTRIBUTES for t in tags):
-            raise _err(self.path, "dicom_tags", f"must be true or a list of {sorted(DICOM_ATTRIBUTES)}; got {tags!r}")
-        if "image" not in self.output_columns:
-            raise _err(self.path, "dicom_tags", "needs the image path (files.image or columns.image) to read tags from")
+        if not isinstance(tags, list) or not tags or any(t not in DICOM_ATTRIBUTES for t in tags):
+            raise _err(
+                self.path,
+                "dicom_tags",
+                f"must be true or a list of {sorted(DICOM_ATTRIBUTES)} (or {{series: TEMPLATE, fields: [...]}}); "
+                f"got {tags!r}",
+            )
+        if self.dicom_series is None and "image" not in self.output_columns:
+            raise _err(
+                self.path,
+                "dicom_tags",
+                "needs the image path (files.image or columns.image) to read tags from, or dicom_tags.series",
+            )
         self.dicom_fields = tuple(tags)
         self.output_columns |= set(tags)
 
@@ -483,6 +511,7 @@ class _Mapping:
 
     def record_rows(self, check_files: bool = True) -> list[tuple[int, dict[str, Any]]]:
         out_rows = []
+        sources: dict[int, str] = {}  # table line -> the file its DICOM tags are read from (dicom_tags.series)
         team_of = {**{p: t for p, t in self.columns.items()}, **{c: c for c in self.passthrough}}
         if self.split_column:
             team_of["split"] = self.split_column
@@ -533,6 +562,8 @@ class _Mapping:
                         field=proj,
                     ) from None
                 self._check_file(out[proj], line, proj, f"template files.{proj} {template!r}", check_files)
+            if self.dicom_series is not None:
+                sources[line] = self._dicom_source(raw, line, check_files)
             for proj in PATH_COLUMNS:
                 if proj in team_of and out.get(proj):
                     out[proj] = self._path(out[proj])
@@ -546,18 +577,45 @@ class _Mapping:
                 raise InputError(f"{exc.reason}{mapped}", path=self.table, row=line, field=team) from None
             out_rows.append((line, out))
         if self.dicom_fields:
-            self._fill_from_dicom(out_rows)
+            self._fill_from_dicom(out_rows, sources if self.dicom_series is not None else None)
         if self.strata:
             self._stratified(out_rows)
         self._check_ids(out_rows)
         return out_rows
 
-    def _fill_from_dicom(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
+    def _dicom_source(self, raw: Mapping[str, str], line: int, check_files: bool) -> str:
+        """The DICOM series (or file) of ``dicom_tags.series`` for one record."""
+        template, names = self.dicom_series
+        blank = [n for n in names if raw.get(n, "") == ""]
+        if blank:
+            raise InputError(
+                f"blank, but template dicom_tags.series {template!r} of {self.path} needs it",
+                path=self.table,
+                row=line,
+                field=blank[0],
+            )
+        try:
+            path = self._path(template.format_map(raw))
+        except (ValueError, IndexError, KeyError) as exc:
+            raise InputError(
+                f"template dicom_tags.series {template!r} of {self.path} cannot be filled: {exc}",
+                path=self.table,
+                row=line,
+                field="dicom_tags.series",
+            ) from None
+        self._check_file(path, line, "dicom_tags.series", f"template dicom_tags.series {template!r}", check_files)
+        return path
+
+    def _fill_from_dicom(self, rows: list[tuple[int, dict[str, Any]]], sources: Mapping[int, str] | None) -> None:
+        """Attributes the table lacks from the DICOM tags of each record's image, or of ``sources[line]``
+        (``dicom_tags.series``: every record must have its DICOM series; a non-DICOM file there is an error)."""
         from fairmonai.io.dicom import is_dicom_path, read_dicom_attributes
 
         for line, out in rows:
-            image = out.get("image")
-            if not image or not os.path.exists(image) or not is_dicom_path(image):
+            image = out.get("image") if sources is None else sources.get(line)
+            if not image or not os.path.exists(image):
+                continue
+            if sources is None and not is_dicom_path(image):
                 continue
             try:
                 tags = read_dicom_attributes(image)
@@ -646,3 +704,24 @@ def read_mapping(path: str | os.PathLike, *, check_files: bool = True) -> Mapped
     m = _Mapping(Path(path))
     rows = m.record_rows(check_files=check_files)
     return MappedTable(mapping=m.path, table=m.table, rows=rows, ranges=m.ranges, split_method=m.split_method)
+
+
+def mapping_inputs(path: str | os.PathLike) -> list[Path]:
+    """The files whose contents a manifest's records come from: a CSV / JSON manifest itself, or a YAML
+    mapping and the team's table it names (what a resume key must hash: editing the table changes the cohort).
+
+    Images, masks and DICOM headers are identified by their paths, as a manifest's are, not by their contents.
+
+    Raises:
+        InputError: as :func:`read_mapping` does for a mapping without a readable ``table:``.
+    """
+    from fairmonai.io.manifest import MAPPING_SUFFIXES
+
+    path = Path(path)
+    if path.suffix.lower() not in MAPPING_SUFFIXES:
+        return [path]
+    table = _load_yaml(path).get("table")
+    if not isinstance(table, str) or not table.strip():
+        raise _err(path, "table", "required: the path of the team's CSV table, relative to this file")
+    resolved = Path(table).expanduser()
+    return [path, (resolved if resolved.is_absolute() else path.parent.resolve() / resolved).resolve()]

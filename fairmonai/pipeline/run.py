@@ -257,7 +257,7 @@ class _Pipeline:
             "overrides": _keyed(overrides),
             **(extra or {}),
         }
-        inputs = [*files, self.manifest_file]
+        inputs = [*files, *self.manifest_inputs]
         step = Step(name, _plain(settings), action, files=inputs, upstream=list(upstream), parallel=parallel)
         self.steps.append(step)
         return step
@@ -279,7 +279,7 @@ class _Pipeline:
             return {k: _rel(v, self.run_dir) for k, v in paths.items()}
 
         self.folders["audit"] = self.run_dir / "audit"
-        self.steps.append(Step("audit", {"groups": spec_groups}, action, files=[self.manifest_file]))
+        self.steps.append(Step("audit", {"groups": spec_groups}, action, files=self.manifest_inputs))
 
     # ------------------------------------------------------------------------------------------ generator
     def add_generator(self) -> str:
@@ -449,7 +449,7 @@ class _Pipeline:
             "n_boot": n_boot,
             "splits": list(splits),
         }
-        self.steps.append(Step(name, _plain(settings), action, files=[*files, self.manifest_file], upstream=[train]))
+        self.steps.append(Step(name, _plain(settings), action, files=[*files, *self.manifest_inputs], upstream=[train]))
 
     def add_threshold_arms(self) -> None:
         n_boot = int(self.s.get("n_boot", 1000))
@@ -635,6 +635,10 @@ class _Pipeline:
                 self.manifest()
             self.barrier()
         self.manifest_file = self.manifest()
+        from fairmonai.io.mapping import mapping_inputs
+
+        # a YAML mapping's records come from the team's table too: editing it must rerun what reads the cohort
+        self.manifest_inputs = mapping_inputs(self.manifest_file)
         if self.s.get("audit", True):
             self.add_audit()
         synthetic_step = self.add_generator() if self.needs_synthetic else None
