@@ -213,15 +213,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     start = time.perf_counter()
-    manifest = out / "cohort" / "manifest.csv"
-    if manifest.is_file() and not args.force:
-        print(f"cohort already built: {manifest} (use --force to rebuild)")
+    given = _key_values(args.set, "--set")
+    overrides: dict[str, Any] = {"run_dir": str(out / "pipeline")}
+    if given.get("manifest") is not None:  # the user's cohort (a manifest or a mapping): no built-in one
+        overrides["title"] = f"fairness pipeline: {given['manifest']}"
     else:
-        manifest = make_phantom("cardiac", out / "cohort", subjects=args.subjects, seed=args.seed, force=args.force)
-    print(f"cohort: {manifest} ({time.perf_counter() - start:.1f} s)")
-    overrides = {"run_dir": str(out / "pipeline"), "manifest": str(manifest)}
-    overrides["title"] = f"fairness pipeline: built-in cardiac cohort ({args.subjects} subjects, seed {args.seed})"
-    overrides |= _key_values(args.set, "--set")
+        manifest = out / "cohort" / "manifest.csv"
+        if manifest.is_file() and not args.force:
+            print(f"cohort already built: {manifest} (use --force to rebuild)")
+        else:
+            manifest = make_phantom("cardiac", out / "cohort", subjects=args.subjects, seed=args.seed, force=args.force)
+        print(f"cohort: {manifest} ({time.perf_counter() - start:.1f} s)")
+        overrides["manifest"] = str(manifest)
+        overrides["title"] = f"fairness pipeline: built-in cardiac cohort ({args.subjects} subjects, seed {args.seed})"
+    overrides |= given
     overrides.setdefault("report", render_available())
     settings = load_settings(args.preset, overrides)
     result = run_pipeline(settings)

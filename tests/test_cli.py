@@ -79,6 +79,24 @@ def test_demo_builds_the_cohort_and_runs_the_pipeline(tmp_path):
     assert "[2/4] arms/real/seed0/train: skipped" in rerun.stdout
 
 
+def test_demo_on_the_users_cohort_builds_no_built_in_one(tmp_path, monkeypatch, capsys):
+    """`fairmonai demo --set manifest=...` runs the pipeline on that cohort: no 240-subject phantom first."""
+    import fairmonai.pipeline.run as pipeline_run
+
+    seen = {}
+
+    def fake_run(settings):  # the pipeline itself is tested in test_pipeline_e2e.py
+        seen.update(settings)
+        return {"report_json": "r.json", "report_html": None}
+
+    monkeypatch.setattr(pipeline_run, "run_pipeline", fake_run)
+    mine = tmp_path / "study" / "mapping.yaml"
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", f"manifest={mine}", "report=false"]) == 0
+    assert not (tmp_path / "demo" / "cohort").exists()
+    assert seen["manifest"] == str(mine) and seen["title"] == f"fairness pipeline: {mine}"
+    assert "cohort:" not in capsys.readouterr().out
+
+
 def test_manifest_command_makes_a_stratified_split_and_writes_json(tmp_path, capsys):
     rows = ["MRN,Gender,Dx"] + [
         f"M{i:02d},{'Female' if i % 2 else 'Male'},{'yes' if i % 3 == 0 else 'no'}" for i in range(30)
