@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 GENERATOR_NAME = "cardiac_cine_ldm"
-GENERATOR_VERSION = "0.1.0"
+GENERATOR_VERSION = "0.2.0"
 #: mask labels 0-3 are divided by this for the ControlNet (DESIGN.md: labels scaled /3)
 MASK_DIVISOR = 3.0
 
