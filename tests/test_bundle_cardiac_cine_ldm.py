@@ -21,6 +21,7 @@ from fairmonai.bundle_check import verify_bundle
 from fairmonai.engines.bundle import located_error_line
 from fairmonai.errors import InputError
 from fairmonai.generators import cardiac_ldm as ldm
+from fairmonai.generators.sampling import make_scheduler
 from fairmonai.phantoms import make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +135,18 @@ def test_defaults_give_a_4x16x16_latent_at_64px() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
+def test_samplers_keep_latents_beyond_one(sampler: str) -> None:
+    # latents have unit variance: a predicted clean latent of 3 must come out as 3, not clipped to 1
+    train = ldm.build_train_scheduler(prediction_type="sample")
+    scheduler = make_scheduler(sampler, train, 10)
+    x0 = torch.full((1, 4, 2, 2), 3.0)
+    sample = torch.zeros(1, 4, 2, 2)
+    for t in scheduler.timesteps:
+        sample, _ = scheduler.step(x0, t, sample, generator=torch.Generator().manual_seed(0))
+    assert float(sample.mean()) == pytest.approx(3.0, abs=0.05)
+
+
 def test_autoencoder_loss_terms_and_adversarial_switch() -> None:
     torch.manual_seed(0)
     ae = ldm.build_autoencoder(AE_OPTIONS)

@@ -176,11 +176,17 @@ def build_controlnet(
 
 
 def build_train_scheduler(num_train_timesteps: int = 1000, schedule: str = "scaled_linear_beta", **kw: Any):
-    """The training noise scheduler (MONAI ``DDPMScheduler``; the latent diffusion "scaled linear" betas)."""
+    """The training noise scheduler (MONAI ``DDPMScheduler``; the latent diffusion "scaled linear" betas).
+
+    ``clip_sample`` is off: the samplers inherit it, and clipping the predicted clean sample to [-1, 1] (MONAI's
+    default, made for images in [-1, 1]) truncates latents scaled to unit variance, about a third of whose values
+    lie beyond +-1.
+    """
     from monai.networks.schedulers import DDPMScheduler
 
     kw.setdefault("beta_start", 0.0015)
     kw.setdefault("beta_end", 0.0195)
+    kw.setdefault("clip_sample", False)
     return DDPMScheduler(num_train_timesteps=int(num_train_timesteps), schedule=schedule, **kw)
 
 
