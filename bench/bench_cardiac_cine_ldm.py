@@ -29,10 +29,8 @@ bare loop (``time_ratio_bundle_over_bare <= 1.10``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
-import statistics
 import tempfile
 import time
 import warnings
@@ -41,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from benchlib import environment, peak_rss_mb, write_report
+from benchlib import bf16_autocast, cycle_batches, environment, peak_rss_mb, throughput, write_report
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, MetaTensor
@@ -129,18 +127,10 @@ def time_bare(shared: dict[str, Any], args: argparse.Namespace, device: torch.de
     null = encoder.null_index
     dropout = shared["condition_dropout"]
     gen = torch.Generator().manual_seed(args.seed)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if args.amp and device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = bf16_autocast(device, args.amp)
     net.train()
     stamps: list[float] = []
-    batches = iter(loader)
-    for _ in range(iterations):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+    for batch in cycle_batches(loader, iterations):
         images = torch.as_tensor(batch["image"]).to(device)
         with torch.no_grad():
             latents = autoencoder.encode_stage_2_inputs(images) * scale
@@ -280,19 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         latent_shape = list(shared["autoencoder"].encode_stage_2_inputs(dataset[0]["image"][None].to(device)).shape[1:])
         unet_settings = cardiac_ldm._options(cardiac_ldm.UNET, args.unet_options)
 
-    def summary(durations: list[list[float]]) -> dict[str, Any]:
-        per_run = [args.batch_size * len(d) / sum(d) for d in durations]
-        all_steps = [t for d in durations for t in d]
-        return {
-            "images_per_s": round(args.batch_size / statistics.median(all_steps), 3),
-            "images_per_s_best_run": round(max(per_run), 3),
-            "images_per_s_median_run": round(statistics.median(per_run), 3),
-            "images_per_s_runs": [round(v, 3) for v in per_run],
-            "median_iteration_s": round(statistics.median(all_steps), 5),
-            "timed_iterations": len(all_steps),
-        }
-
-    bundle, bare = summary(runs["bundle"]), summary(runs["bare"])
+    bundle, bare = (throughput(runs[side], args.batch_size) for side in ("bundle", "bare"))
     ratio = bundle["median_iteration_s"] / bare["median_iteration_s"]
     report = {
         "benchmark": "cardiac_cine_ldm_diffusion_training",

@@ -20,7 +20,6 @@ Writes ``bench/results/diffusion_trainer.json`` (atomically). Target (issue 14):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchlib import environment, peak_rss_mb, write_report
+from benchlib import bf16_autocast, cycle_batches, environment, peak_rss_mb, write_report
 from ignite.engine import Events
 from monai.data import DataLoader
 from monai.networks.nets import DiffusionModelUNet
@@ -101,17 +100,9 @@ def time_bare(data: dict[str, Any], args: argparse.Namespace, device: torch.devi
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)  # build_diffusion_trainer's optimiser
     loader = DataLoader(data["dataset"], batch_size=args.batch_size, shuffle=True, drop_last=True)
     null = encoder.null_index.to(device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if args.amp and device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = bf16_autocast(device, args.amp)
     stamps: list[float] = []
-    batches = iter(loader)
-    for _ in range(iterations):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+    for batch in cycle_batches(loader, iterations):
         images = batch["image"].to(device)
         condition = encoder.encode_batch(batch["attributes"]).to(device)
         drop = torch.rand(images.shape[0], device=device) < 0.1

@@ -20,9 +20,7 @@ Writes ``bench/results/fair_classifier.json`` (atomically). Target: bundle time 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import monai
 import torch
 import torch.nn.functional as F
-from benchlib import peak_rss_mb, write_report
+from benchlib import bf16_autocast, cycle_batches, peak_rss_mb, throughput, write_report
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
@@ -85,20 +83,10 @@ def time_bare(
         net = torch.compile(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    amp = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if args.amp and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    amp = bf16_autocast(device, args.amp)
     net.train()
     stamps: list[float] = []
-    batches = iter(loader)
-    for _ in range(iterations):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+    for batch in cycle_batches(loader, iterations):
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -175,18 +163,7 @@ def main() -> None:
             rates = {k: args.batch_size * len(v[-1]) / sum(v[-1]) for k, v in runs.items()}
             print(f"repeat {r + 1}: bundle {rates['bundle']:.1f} samples/s, bare {rates['bare']:.1f} samples/s")
 
-    def summary(durations: list[list[float]]) -> dict[str, Any]:
-        per_run = [args.batch_size * len(d) / sum(d) for d in durations]
-        all_steps = [t for d in durations for t in d]
-        return {
-            "samples_per_s": round(args.batch_size / statistics.median(all_steps), 2),
-            "samples_per_s_best_run": round(max(per_run), 2),
-            "samples_per_s_median_run": round(statistics.median(per_run), 2),
-            "samples_per_s_runs": [round(v, 2) for v in per_run],
-            "median_iteration_s": round(statistics.median(all_steps), 5),
-        }
-
-    bundle, bare = summary(runs["bundle"]), summary(runs["bare"])
+    bundle, bare = (throughput(runs[side], args.batch_size, unit="samples", digits=2) for side in ("bundle", "bare"))
     ratio = bare["samples_per_s"] / bundle["samples_per_s"]
     result = {
         "benchmark": "fair_classifier_training",
