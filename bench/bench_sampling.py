@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from benchlib import environment, peak_rss_mb, write_report
 from monai.networks.nets import DiffusionModelUNet
@@ -71,6 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--feature-num-classes", type=int, default=2)
     g.add_argument("--fid-samples", type=int, default=64, help="generated images per sampler")
     g.add_argument("--fid-batch", type=int, default=8, help="samples denoised together")
+    g.add_argument(
+        "--fid-solvers",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        default=None,
+        help="comma-separated SOLVER-STEPS[-karras] labels, SOLVER one of ddpm, ddim, dpmsolver++, sde-dpmsolver++ "
+        "(default: DDPM-1000, DDIM-50, DPM-Solver++-20, and as diagnostics DPM-Solver++-20 on Karras sigmas, "
+        "SDE-DPM-Solver++-20 and DPM-Solver++-50)",
+    )
+    g.add_argument("--fid-bootstrap", type=int, default=200, help="paired bootstrap resamples of the samples (0: off)")
     g.add_argument("--fid-image-size", type=int, default=64, help="size of real and generated images (evaluate.yaml)")
     g.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance (inference.yaml)")
     g.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet residual scale")
@@ -88,7 +98,97 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fid_solvers is None:
+        d = args.dpm_steps
+        args.fid_solvers = [
+            f"ddpm-{args.ddpm_steps}",
+            f"ddim-{args.ddim_steps}",
+            f"dpmsolver++-{d}",
+            f"dpmsolver++-{d}-karras",
+            f"sde-dpmsolver++-{d}",
+            f"dpmsolver++-{max(50, d)}",
+        ]
+    for label in args.fid_solvers:
+        try:
+            parse_solver(label)
+        except ValueError as e:
+            p.error(f"--fid-solvers: {e}")
+    return args
+
+
+def parse_solver(label: str) -> tuple[str, int, dict[str, Any]]:
+    """``"dpmsolver++-20-karras"`` -> ``("dpmsolver++", 20, {"use_karras_sigmas": True})``; ``sde-`` is the SDE form."""
+    parts = label.split("-")
+    karras = parts[-1] == "karras"
+    if karras:
+        parts = parts[:-1]
+    if len(parts) < 2 or not parts[-1].isdigit():
+        raise ValueError(f"{label!r} is not SOLVER-STEPS[-karras]")
+    name, steps = "-".join(parts[:-1]), int(parts[-1])
+    kw: dict[str, Any] = {}
+    if name == "sde-dpmsolver++":
+        name, kw["algorithm_type"] = "dpmsolver++", "sde-dpmsolver++"
+    if name not in ("ddpm", "ddim", "dpmsolver++"):
+        raise ValueError(f"{label!r}: unknown solver {name!r} (ddpm, ddim, dpmsolver++ or sde-dpmsolver++)")
+    if karras:
+        if name != "dpmsolver++":
+            raise ValueError(f"{label!r}: Karras sigmas are a DPM-Solver++ option")
+        kw["use_karras_sigmas"] = True
+    if steps < 1:
+        raise ValueError(f"{label!r}: steps must be >= 1")
+    return name, steps, kw
+
+
+def _trace_sqrt_product(sqrt_s1: np.ndarray, s2: np.ndarray) -> float:
+    """``Tr((s1 s2)^(1/2))`` as ``sum sqrt(eig(s1^(1/2) s2 s1^(1/2)))``: symmetric eigenproblem, equals sqrtm."""
+    ev = np.linalg.eigvalsh(sqrt_s1 @ s2 @ sqrt_s1)
+    return float(np.sqrt(np.clip(ev, 0, None)).sum())
+
+
+def paired_fid_bootstrap(
+    real_features: Any, features: list[Any], ref: int, n_boot: int, seed: int, point: list[float]
+) -> list[dict[str, Any]]:
+    """95 % percentile intervals of every solver's FID and of its ratio to solver ``ref``'s, paired over samples.
+
+    Sample i of every solver shares its condition, mask and seed, so one resample of the indices is applied to
+    all solvers at once (their FIDs move together with the conditions drawn, the ratio keeps what differs). The
+    real statistics stay fixed. The bootstrap FID uses the symmetric form of the trace term (checked against the
+    point FIDs of ``metrics.synthesis.fid``, which uses ``scipy.linalg.sqrtm``).
+    """
+    if n_boot <= 0:
+        return [{} for _ in features]
+    real = np.asarray(real_features, dtype=np.float64)
+    mu_r, s_r = real.mean(0), np.cov(real, rowvar=False)
+    w, v = np.linalg.eigh(s_r)
+    sqrt_r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_r = float(np.trace(s_r))
+
+    def fast_fid(f: np.ndarray) -> float:
+        mu, s = f.mean(0), np.cov(f, rowvar=False)
+        return float(((mu_r - mu) ** 2).sum() + tr_r + np.trace(s) - 2 * _trace_sqrt_product(sqrt_r, s))
+
+    feats = [np.asarray(f, dtype=np.float64) for f in features]
+    for f, value in zip(feats, point, strict=True):  # the fast form must agree with the reported FIDs
+        if not np.isclose(fast_fid(f), value, rtol=1e-3, atol=1e-2):
+            raise RuntimeError(f"bootstrap FID {fast_fid(f)} disagrees with metrics.synthesis.fid {value}")
+    n = feats[0].shape[0]
+    rng = np.random.default_rng(seed)
+    draws = np.empty((n_boot, len(feats)))
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        draws[b] = [fast_fid(f[idx]) for f in feats]
+    ratios = draws / draws[:, [ref]]
+    out = []
+    for j in range(len(feats)):
+        out.append(
+            {
+                "fid_ci95": [round(float(q), 3) for q in np.quantile(draws[:, j], [0.025, 0.975])],
+                "fid_rel_to_ddpm_ci95": [round(float(q), 4) for q in np.quantile(ratios[:, j], [0.025, 0.975])],
+                "bootstrap": n_boot,
+            }
+        )
+    return out
 
 
 def solvers(args: argparse.Namespace) -> list[tuple[str, str, int, dict[str, Any]]]:
@@ -172,8 +272,6 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
     real training records, in a seeded order, cycled when there are fewer records) and the same seeds, in the same
     batches; the FID is against every real training image. Sampling runs as inference.yaml samples (float32).
     """
-    import numpy as np
-
     from fairmonai.cohort import Cohort
     from fairmonai.engines import generation_eval
     from fairmonai.engines.classification import cohort_manifest
@@ -219,7 +317,7 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
     chunks = [slice(s, s + args.fid_batch) for s in range(0, args.fid_samples, args.fid_batch)]
     floor = real.subset(sorted(set(picks)))  # as many distinct real records as samples (at most all)
 
-    def generator(name: str, steps: int) -> cardiac_ldm.CardiacLDMGenerator:
+    def generator(name: str, steps: int, options: dict[str, Any]) -> cardiac_ldm.CardiacLDMGenerator:
         return cardiac_ldm.CardiacLDMGenerator(
             base.autoencoder,
             base.denoiser,
@@ -230,16 +328,16 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
             num_inference_steps=steps,
             guidance_scale=args.guidance_scale,
             conditioning_scale=args.conditioning_scale,
+            sampler_options=options,
             device=device,
         )
 
-    rows = []
-    for label, name, steps, kw in solvers(args):
-        if kw:
-            continue  # the three samplers only
+    rows, features = [], []
+    for label in args.fid_solvers:
+        name, steps, kw = parse_solver(label)
         c = chunks[0]
-        generator(name, 1).generate_batch(levels[c], masks[c], seeds[c])  # untimed one-step warm-up
-        gen = generator(name, steps)
+        generator(name, 1, kw).generate_batch(levels[c], masks[c], seeds[c])  # untimed one-step warm-up
+        gen = generator(name, steps, kw)
         images: list[np.ndarray] = []
         _sync(device)
         t0 = time.perf_counter()
@@ -247,19 +345,30 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
             images += gen.generate_batch(levels[c], masks[c], seeds[c])
         _sync(device)
         seconds = time.perf_counter() - t0
-        value = fid(real_features, extractor(torch.as_tensor(np.stack(images))))
+        feats = extractor(torch.as_tensor(np.stack(images)))
+        features.append(feats)
         row = {
             "solver": label,
             "steps": steps,
+            "options": kw,
             "seconds": round(seconds, 3),
             "images_per_s": round(args.fid_samples / seconds, 4),
-            "fid": round(value, 4),
+            "fid": round(fid(real_features, feats), 4),
         }
         rows.append(row)
         print(row, flush=True)
-    ddpm, dpm = rows[0], rows[-1]
+    by = {r["solver"]: r for r in rows}
+    ddpm_label, dpm_label = f"ddpm-{args.ddpm_steps}", f"dpmsolver++-{args.dpm_steps}"
+    if ddpm_label not in by or dpm_label not in by:
+        raise SystemExit(f"--fid-solvers must include {ddpm_label} and {dpm_label} (the targets compare them)")
+    ddpm, dpm = by[ddpm_label], by[dpm_label]
     for row in rows:
         row["fid_rel_to_ddpm"] = round(row["fid"] / ddpm["fid"], 4) if ddpm["fid"] > 0 else None
+    paired = paired_fid_bootstrap(
+        real_features, features, rows.index(ddpm), args.fid_bootstrap, args.seed, [r["fid"] for r in rows]
+    )
+    for row, extra in zip(rows, paired, strict=True):
+        row.update(extra)
     rel, speed = dpm["fid_rel_to_ddpm"], ddpm["seconds"] / dpm["seconds"]
     full = (args.ddpm_steps, args.dpm_steps) == (1000, 20)
     return {
@@ -287,6 +396,7 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
             "dpmsolver_fid_rel_to_ddpm_max": 1.10,
             "dpmsolver_speedup_min": 40.0,
             "fid_met": None if rel is None else rel <= 1.10,
+            "dpmsolver_fid_rel_to_ddpm_ci95": dpm.get("fid_rel_to_ddpm_ci95"),
             "speed_met": speed >= 40.0,
             "comparable": full,
             "note": "targets refer to DDPM-1000 against DPM-Solver++-20" + ("" if full else "; other steps ran here"),
