@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,29 @@ def split_overrides(
     return out
 
 
+def quiet_private_handlers(level: str | int, names: Sequence[str] = ("monai.handlers.StatsHandler",)) -> None:
+    """Raise the handlers of every non-propagating logger, and of the loggers ``names``, to ``level``.
+
+    MONAI's ``StatsHandler`` logs through the logger ``monai.handlers.StatsHandler``, which ``monai.apps.get_logger``
+    gives a console handler of its own, out of reach of the root logger's handlers, made only when the bundle's
+    ``run`` instantiates the trainer. ``get_logger`` adds no handler to a logger that already exists, so ``names``
+    are made here first, each with one console handler at ``level``; the loggers keep INFO, so StatsHandler does
+    not warn that it cannot log.
+    """
+    level = logging.getLevelName(str(level).upper()) if isinstance(level, str) else level
+    for name in names:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and not logger.propagate:
+            for handler in logger.handlers:
+                handler.setLevel(level)
+
+
 def run_bundle(
     bundle: str | os.PathLike,
     configs: str | Sequence[str],
@@ -96,6 +120,8 @@ def run_bundle(
         for handler in root.handlers:
             handler.setLevel(level)
     workflow.initialize()
+    if log_level:
+        quiet_private_handlers(log_level)
     try:
         if before_run is not None:
             before_run(workflow)
