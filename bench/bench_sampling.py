@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parse_solver(label)
         except ValueError as e:
             p.error(f"--fid-solvers: {e}")
+    needed = {f"ddpm-{args.ddpm_steps}", f"dpmsolver++-{args.dpm_steps}"} - set(args.fid_solvers)
+    if args.generator and needed:  # checked here, not after minutes of sampling
+        p.error(f"--fid-solvers must include {', '.join(sorted(needed))} (the targets compare them)")
     return args
 
 

@@ -50,3 +50,11 @@ def test_paired_bootstrap_matches_fid_and_brackets_it():
     assert rlo > 1.0  # the shifted set is worse in (almost) every paired resample
     with pytest.raises(RuntimeError, match="disagrees"):
         bench_sampling.paired_fid_bootstrap(real, [near], 0, 10, 0, [point[0] + 1.0])
+
+
+def test_fid_solvers_without_the_compared_pair_fail_before_sampling(capsys):
+    with pytest.raises(SystemExit):
+        bench_sampling.parse_args(["--generator", "models", "--fid-solvers", "ddim-50,sde-dpmsolver++-20"])
+    assert "ddpm-1000" in capsys.readouterr().err
+    args = bench_sampling.parse_args(["--generator", "models", "--fid-solvers", "ddpm-1000,dpmsolver++-20"])
+    assert args.fid_solvers == ["ddpm-1000", "dpmsolver++-20"]
