@@ -45,6 +45,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
 from fairmonai.generators.sampling import GaussianDataDenoiser, make_scheduler, sample
+from fairmonai.metrics.synthesis import feature_statistics, fid
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,14 +162,13 @@ def paired_fid_bootstrap(
     """
     if n_boot <= 0:
         return [{} for _ in features]
-    real = np.asarray(real_features, dtype=np.float64)
-    mu_r, s_r = real.mean(0), np.cov(real, rowvar=False)
+    mu_r, s_r = feature_statistics(real_features, "real_features")
     w, v = np.linalg.eigh(s_r)
     sqrt_r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     tr_r = float(np.trace(s_r))
 
     def fast_fid(f: np.ndarray) -> float:
-        mu, s = f.mean(0), np.cov(f, rowvar=False)
+        mu, s = feature_statistics(f)
         return float(((mu_r - mu) ** 2).sum() + tr_r + np.trace(s) - 2 * _trace_sqrt_product(sqrt_r, s))
 
     feats = [np.asarray(f, dtype=np.float64) for f in features]
@@ -280,7 +280,6 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
     from fairmonai.engines.classification import cohort_manifest
     from fairmonai.engines.data import group_spec
     from fairmonai.generators import cardiac_ldm
-    from fairmonai.metrics.synthesis import fid
 
     base = cardiac_ldm.load_generator(
         paths["autoencoder"],
@@ -361,10 +360,7 @@ def generator_fid(args: argparse.Namespace, device: torch.device, paths: dict[st
         rows.append(row)
         print(row, flush=True)
     by = {r["solver"]: r for r in rows}
-    ddpm_label, dpm_label = f"ddpm-{args.ddpm_steps}", f"dpmsolver++-{args.dpm_steps}"
-    if ddpm_label not in by or dpm_label not in by:
-        raise SystemExit(f"--fid-solvers must include {ddpm_label} and {dpm_label} (the targets compare them)")
-    ddpm, dpm = by[ddpm_label], by[dpm_label]
+    ddpm, dpm = by[f"ddpm-{args.ddpm_steps}"], by[f"dpmsolver++-{args.dpm_steps}"]  # parse_args requires both
     for row in rows:
         row["fid_rel_to_ddpm"] = round(row["fid"] / ddpm["fid"], 4) if ddpm["fid"] > 0 else None
     paired = paired_fid_bootstrap(

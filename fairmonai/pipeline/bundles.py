@@ -121,7 +121,7 @@ def run_bundle(
             handler.setLevel(level)
     workflow.initialize()
     if log_level:
-        quiet_private_handlers(log_level)
+        quiet_private_handlers(level)
     try:
         if before_run is not None:
             before_run(workflow)
