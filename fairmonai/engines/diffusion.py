@@ -63,6 +63,7 @@ __all__ = [
     "ConditionedDiffusionPrepareBatch",
     "ControlNetTrainingInferer",
     "DiffusionLossHook",
+    "LatentCodeTrainingInferer",
     "GradientClipping",
     "EMAHandler",
     "GroupLossHandler",
@@ -302,6 +303,35 @@ class ControlNetTrainingInferer:
         return self.inferer(inputs, self.diffusion_model, controlnet, *args, condition=context, **kwargs)
 
 
+class LatentCodeTrainingInferer:
+    """Training inferer of a denoiser conditioned on a latent code of the clean input (an autoencoding diffusion
+    model such as :class:`~fairmonai.generators.point_diffusion.PointCloudDiffusion`).
+
+    It noises ``inputs`` as ``DiffusionInferer`` does and calls ``network(noisy, timesteps, context=condition,
+    x0=inputs)``, which returns ``(prediction, per-sample auxiliary loss)`` (e.g. the KL term of the code);
+    the prediction goes on to the loss plugin and :attr:`auxiliary` (B,) is added to the loss by
+    :class:`DiffusionLossHook`. One forward call does both, so DistributedDataParallel sees every parameter.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.auxiliary: torch.Tensor | None = None
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
+        pred, auxiliary = network(noisy, timesteps, context=condition, x0=inputs, **kwargs)
+        self.auxiliary = auxiliary
+        return pred
+
+
 # ============================================================================================== loss
 class DiffusionLossHook:
     """The trainer's ``loss_function(pred, target)``: calls the loss plugin with the hook's keywords.
@@ -310,9 +340,15 @@ class DiffusionLossHook:
     come from the prepare-batch of the same iteration; only those the plugin's ``forward`` accepts are passed.
     """
 
-    def __init__(self, loss: Callable[..., torch.Tensor], prepare_batch: ConditionedDiffusionPrepareBatch) -> None:
+    def __init__(
+        self,
+        loss: Callable[..., torch.Tensor],
+        prepare_batch: ConditionedDiffusionPrepareBatch,
+        inferer: Any = None,
+    ) -> None:
         self.loss = loss
         self.prepare_batch = prepare_batch
+        self.inferer = inferer  # a LatentCodeTrainingInferer's auxiliary loss is added to the plugin's
         fn = loss.forward if isinstance(loss, nn.Module) else loss
         try:
             params = inspect.signature(fn).parameters.values()
@@ -323,7 +359,12 @@ class DiffusionLossHook:
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         context = {k: v for k, v in self.prepare_batch.loss_context.items() if self._any or k in self._names}
-        return self.loss(pred, target, **context)
+        loss = self.loss(pred, target, **context)
+        auxiliary = getattr(self.inferer, "auxiliary", None)
+        if auxiliary is not None:
+            self.inferer.auxiliary = None  # used once: a stale term must never reach a later iteration
+            loss = loss + auxiliary.float().mean()
+        return loss
 
 
 # ========================================================================================== handlers
@@ -603,8 +644,10 @@ def build_diffusion_trainer(
 
     Args:
         network: the trained network: a :class:`ConditionedDenoiser` (or a bare UNet when unconditioned);
-            for ControlNet training the ``ControlNet``, with the frozen denoiser as ``controlnet_of``. May be
-            wrapped in DistributedDataParallel (the EMA copies the module inside).
+            for ControlNet training the ``ControlNet``, with the frozen denoiser as ``controlnet_of``; a network
+            with ``encode_latent`` (:class:`~fairmonai.generators.point_diffusion.PointCloudDiffusion`) trains
+            through :class:`LatentCodeTrainingInferer`. May be wrapped in DistributedDataParallel (the EMA copies
+            the module inside).
         train_loader: batches with ``image``, ``GROUP_KEY`` and ``attributes`` (or ``condition``); any sampler.
         scheduler: the MONAI noise scheduler (``DDPMScheduler``) of training.
         optimizer: default ``AdamW(network.parameters(), lr)``.
@@ -635,16 +678,20 @@ def build_diffusion_trainer(
     """
     device = torch.device(device)
     inner = _unwrap(network)
-    if encoder is None and controlnet_of is None and isinstance(inner, ConditionedDenoiser):
+    latent_code = callable(getattr(inner, "encode_latent", None))  # e.g. PointCloudDiffusion
+    if encoder is None and controlnet_of is None and (isinstance(inner, ConditionedDenoiser) or latent_code):
         encoder = inner.encoder
     if encoder is None and controlnet_of is not None:
         encoder = controlnet_of.encoder
-    if (
-        encoder is not None
-        and controlnet_of is None
-        and not (isinstance(inner, ConditionedDenoiser) and inner.embedding is not None)
-    ):
-        raise ValueError("a conditioned trainer needs a ConditionedDenoiser with an AttributeEmbedding as network")
+    if encoder is not None and controlnet_of is None and getattr(inner, "embedding", None) is None:
+        raise ValueError(
+            "a conditioned trainer needs a ConditionedDenoiser with an AttributeEmbedding as network (or a "
+            "PointCloudDiffusion built with an encoder)"
+        )
+    if latent_code and (controlnet_of is not None or autoencoder is not None):
+        raise ValueError(
+            "a latent-code network (encode_latent) trains on its own inputs: no ControlNet, no autoencoder"
+        )
     if (controlnet_of is None) != (control_key is None):
         raise ValueError("ControlNet training needs both controlnet_of (the frozen denoiser) and control_key")
     use_amp = bool(amp) and device.type == "cuda"
@@ -664,11 +711,12 @@ def build_diffusion_trainer(
         scale_factor=scale_factor,
         control_key=control_key,
     )
-    inferer = (
-        ControlNetTrainingInferer(scheduler, controlnet_of)
-        if controlnet_of is not None
-        else DiffusionInferer(scheduler)
-    )
+    if controlnet_of is not None:
+        inferer: Any = ControlNetTrainingInferer(scheduler, controlnet_of)
+    elif latent_code:
+        inferer = LatentCodeTrainingInferer(scheduler)
+    else:
+        inferer = DiffusionInferer(scheduler)
     loss_fn = _resolve_loss(loss, loss_options)
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
@@ -682,7 +730,7 @@ def build_diffusion_trainer(
         train_data_loader=train_loader,
         network=network,
         optimizer=optimizer,
-        loss_function=DiffusionLossHook(loss_fn, prepare),
+        loss_function=DiffusionLossHook(loss_fn, prepare, inferer),
         epoch_length=epoch_length,
         prepare_batch=prepare,
         inferer=inferer,
