@@ -148,6 +148,39 @@ def _rewrite_paths(rows: list[dict[str, str]], source: Path, target: Path) -> li
     return out
 
 
+def _manifest_filter(plugin: Any, name: str, manifest: Path, out: Path, run_dir: Path) -> dict[str, Any]:
+    """Run a filter plugin of the ``filter_manifest(manifest, out_dir) -> dict`` protocol and check what it wrote:
+    ``out/synthetic.csv`` (whose paths must resolve from ``out``), optionally ``out/filter_groups.csv``.
+
+    Returns the plugin's summary with ``name``, ``kept`` and ``dropped`` (counted from the manifests) and the
+    run-relative ``manifest`` / ``groups_table`` paths.
+    """
+    from fairmonai.io.manifest import PATH_COLUMNS
+
+    summary = plugin.filter_manifest(manifest, out)
+    if not isinstance(summary, Mapping):
+        raise RuntimeError(f"filter {name!r}: filter_manifest returned {type(summary).__name__}, not a dict")
+    try:
+        summary = json.loads(json.dumps(dict(summary), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise RuntimeError(f"filter {name!r}: the summary filter_manifest returned is not JSON-ready: {exc}") from exc
+    written = out / "synthetic.csv"
+    if not written.is_file():
+        raise RuntimeError(f"filter {name!r}: filter_manifest wrote no {written}")
+    kept = _read_csv(written) if written.stat().st_size else []
+    for line, row in enumerate(kept, start=2):
+        for col in PATH_COLUMNS:
+            value = row.get(col)
+            if value and not (out / value).exists():
+                raise RuntimeError(f"filter {name!r}: {written}, row {line}, field {col!r}: {value} does not resolve")
+    total = len(_read_csv(manifest)) if manifest.is_file() and manifest.stat().st_size else 0
+    info: dict[str, Any] = {**summary, "name": name, "kept": len(kept), "dropped": total - len(kept)}
+    info["manifest"] = _rel(written, run_dir)
+    if (out / "filter_groups.csv").is_file():
+        info["groups_table"] = _rel(out / "filter_groups.csv", run_dir)
+    return info
+
+
 # ================================================================================================= steps
 class _Pipeline:
     def __init__(self, settings: Mapping[str, Any], stream: Any = "stdout") -> None:
@@ -366,23 +399,28 @@ class _Pipeline:
 
             plugin = registry.create("filter", spec["name"], **dict(spec.get("options") or {}))
             manifest = source / "synthetic.csv"
-            rows = _read_csv(manifest)
-            keep = [bool(k) for k in plugin(manifest)]
-            if len(keep) != len(rows):
-                raise RuntimeError(
-                    f"filter {spec['name']!r} returned {len(keep)} flags for the {len(rows)} rows of {manifest}"
-                )
-            kept = [r for r, k in zip(rows, keep, strict=True) if k]
-            from fairmonai.engines.results import write_rows_csv
+            if callable(getattr(plugin, "filter_manifest", None)):
+                info = _manifest_filter(plugin, spec["name"], manifest, out, self.run_dir)
+            else:
+                rows = _read_csv(manifest)
+                keep = [bool(k) for k in plugin(manifest)]
+                if len(keep) != len(rows):
+                    raise RuntimeError(
+                        f"filter {spec['name']!r} returned {len(keep)} flags for the {len(rows)} rows of {manifest}"
+                    )
+                kept = [r for r, k in zip(rows, keep, strict=True) if k]
+                from fairmonai.engines.results import write_rows_csv
 
-            columns = list(rows[0]) if rows else []
-            write_rows_csv(_rewrite_paths(kept, source, out), out / "synthetic.csv", columns)
-            info = {"name": spec["name"], "kept": len(kept), "dropped": len(rows) - len(kept)}
+                columns = list(rows[0]) if rows else []
+                write_rows_csv(_rewrite_paths(kept, source, out), out / "synthetic.csv", columns)
+                info = {"name": spec["name"], "kept": len(kept), "dropped": len(rows) - len(kept)}
             (out / "filter.json").write_text(json.dumps({**info, "options": spec.get("options") or {}}, indent=1))
             return info
 
+        # weights (or other files) a filter's options name: a changed file reruns the filter
+        files = [str(v) for v in dict(spec.get("options") or {}).values() if isinstance(v, str) and Path(v).is_file()]
         self.folders["filter"] = self.run_dir / "filter"
-        self.steps.append(Step("filter", _plain(spec), action, upstream=["synthesis"]))
+        self.steps.append(Step("filter", _plain(spec), action, files=files, upstream=["synthesis"]))
 
     # ----------------------------------------------------------------------------------------------- arms
     def add_arms(self, synthetic_step: str | None) -> None:
