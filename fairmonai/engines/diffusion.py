@@ -639,6 +639,8 @@ def build_diffusion_trainer(
     progress: bool = False,
     epoch_length: int | None = None,
     handlers: Sequence[Any] = (),
+    prepare_batch: ConditionedDiffusionPrepareBatch | None = None,
+    inferer: Any = None,
 ) -> DiffusionTraining:
     """A ``SupervisedTrainer`` for denoising diffusion (see the module docstring), ready to ``run()``.
 
@@ -675,6 +677,11 @@ def build_diffusion_trainer(
         progress: show a progress bar.
         epoch_length: iterations per epoch (default: the loader's length).
         handlers: further ignite handlers (attached after these).
+        prepare_batch: a :class:`ConditionedDiffusionPrepareBatch` (subclass) to use instead of the one built from
+            the settings above (e.g. DiffuseExpand's :class:`~fairmonai.engines.mask_image.MaskImagePrepareBatch`);
+            its own encoder, dropout, seed and prediction type then apply.
+        inferer: the training inferer, instead of the one chosen above (e.g.
+            :class:`~fairmonai.engines.mask_image.ConcatConditionTrainingInferer`).
     """
     device = torch.device(device)
     inner = _unwrap(network)
@@ -700,7 +707,7 @@ def build_diffusion_trainer(
         autoencoder.eval().requires_grad_(False)
     if controlnet_of is not None:
         controlnet_of.eval().requires_grad_(False)
-    prepare = ConditionedDiffusionPrepareBatch(
+    prepare = prepare_batch or ConditionedDiffusionPrepareBatch(
         num_train_timesteps=int(scheduler.num_train_timesteps),
         encoder=encoder,
         condition_dropout=condition_dropout if encoder is not None else 0.0,
@@ -711,8 +718,10 @@ def build_diffusion_trainer(
         scale_factor=scale_factor,
         control_key=control_key,
     )
-    if controlnet_of is not None:
-        inferer: Any = ControlNetTrainingInferer(scheduler, controlnet_of)
+    if inferer is not None:
+        pass
+    elif controlnet_of is not None:
+        inferer = ControlNetTrainingInferer(scheduler, controlnet_of)
     elif latent_code:
         inferer = LatentCodeTrainingInferer(scheduler)
     else:
