@@ -12,7 +12,7 @@ Run folder layout (all paths in ``report.json`` are relative to it)::
     audit/                      audit.html, audit.json, counts.csv, ...
     generator/<stage>/          models/ (weights), logs/ (TensorBoard, per-group losses), history.json
     synthesis/                  synthetic.csv, synthesis.json, one folder per synthetic subject
-    filter/                     synthetic.csv (the kept rows), filter.json      (only with a filter)
+    filter/                     synthetic.csv (the kept rows), filter.json[, filter_groups.csv]  (only with a filter)
     generator/eval/             generation_metrics.json, generation_grid.png   (only with generator_eval)
     arms/<arm>/seed<k>/train/   models/model.pt (best on validation), history.json, validation metrics
     arms/<arm>/seed<k>/eval/    test_metrics.json, test_per_group.csv, test_predictions.csv (+ validation_*)
