@@ -126,3 +126,36 @@ def test_checks_pass_good_pairs_and_transforms_are_usable_alone(tmp_path):
     with pytest.raises(InputError, match=r"mask values \[7\] are outside the label set \(0, 1\)$"):
         CheckLabelSetd("label", labels=(0, 1))({"label": np.array([[[0, 7]]])})
     assert CheckFiniteImaged(allow_all_zero=True)({"image": np.zeros((1, 2, 2))})["image"].shape == (1, 2, 2)
+
+
+def test_a_synthetic_nifti_pair_loads_as_the_png_pair_it_was_made_from(tmp_path):
+    """A generator trained on PNG pairs returns arrays in MONAI's loading order; the synthesiser writes them as 2D
+    NIfTI, and the image2d pipeline must read those back unchanged (not transposed), next to real PNGs."""
+    from fairmonai.io.writers import write_synthetic_nifti
+
+    size = (24, 40)  # not square: a transposition would show
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    mask = np.where(np.hypot(yy - 10, xx - 14) < 4, 2, np.where(np.hypot(yy - 10, xx - 14) < 8, 1, 0)).astype(np.uint8)
+    image = (40 + 60 * mask + xx).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "real.png")
+    Image.fromarray(mask).save(tmp_path / "real_mask.png")
+    real = image2d_dataset(
+        [{"image": str(tmp_path / "real.png"), "mask": str(tmp_path / "real_mask.png")}], cache="none"
+    )
+    loaded = real[0]
+    write_synthetic_nifti(
+        np.asarray(loaded["image"])[0],
+        tmp_path / "image.nii.gz",
+        mask=np.asarray(loaded["mask"])[0].astype(np.uint8),
+        mask_path=tmp_path / "mask.nii.gz",
+        attributes={"race": "Black"},
+        generator="test",
+        generator_version="0",
+        seed=1,
+    )
+    synthetic = image2d_dataset(
+        [{"image": str(tmp_path / "image.nii.gz"), "mask": str(tmp_path / "mask.nii.gz")}], cache="none"
+    )[0]
+    assert tuple(synthetic["image"].shape) == tuple(loaded["image"].shape) == (1, size[1], size[0])
+    assert np.array_equal(np.asarray(synthetic["mask"]), np.asarray(loaded["mask"]))
+    assert np.allclose(np.asarray(synthetic["image"]), np.asarray(loaded["image"]), atol=1e-6)

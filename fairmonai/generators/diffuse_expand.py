@@ -199,5 +199,6 @@ class DiffuseExpandGenerator:
         results = []
         for request in requests:
             image, mask = self.generate_pair(request.levels, request.seed)
-            results.append(SampleResult(image=image, mask=mask))
+            # 2D arrays: the synthesiser writes them as 2D NIfTI, which image2d datasets load as (1, H, W)
+            results.append(SampleResult(image=image[0], mask=mask[0]))
         return results

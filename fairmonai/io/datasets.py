@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, NibabelReader, PersistentDataset, PILReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
 from torch.utils.data import Dataset as TorchDataset
 
@@ -60,7 +60,7 @@ def image2d_transforms(
     mask_key: str = "mask",
     labels: Sequence[int] | Mapping[int, str] | None = FUNDUS_MASK_LABELS,
 ) -> Compose:
-    """Load a 2D image (PNG, JPEG, ...) and its label mask, check them, scale to [0, 1], resize.
+    """Load a 2D image (PNG, JPEG, ... or a 2D NIfTI) and its label mask, check them, scale to [0, 1], resize.
 
     Checks, each naming the file: the image has no NaN/infinite pixel and is not all zero, the mask
     covers the image's pixels and holds only ``labels`` (by default the fundus disc/cup labels 0
@@ -70,7 +70,9 @@ def image2d_transforms(
     """
     keys = ["image", mask_key] if with_mask else ["image"]
     steps: list[Any] = [
-        LoadImaged(keys, reader="PILReader", image_only=True, allow_missing_keys=True),
+        # PNG / JPEG (real fundus photographs) and NIfTI (the synthesiser's image/mask pairs); both readers give
+        # MONAI's (x, y) array order, so a generated pair lines up with the PNGs its generator was trained on
+        LoadImaged(keys, reader=[PILReader(), NibabelReader()], image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
         CheckFiniteImaged("image"),
         CheckImageMaskShaped(mask_key=mask_key),
