@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,11 +44,19 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from fairmonai.engines.checkpoint import WeightsLoader, atomic_save, network_weights
-from fairmonai.engines.diffusion import ConditionedDenoiser, ema_weights, load_sampling_weights
+from fairmonai.engines.diffusion import ConditionedDenoiser, load_sampling_weights
 from fairmonai.errors import InputError
 from fairmonai.generators.conditioning import AttributeEncoder
 from fairmonai.generators.sampling import controlnet_control, make_scheduler, sample
+from fairmonai.generators.stages import (  # noqa: F401  (re-exported: the bundle configs name them here)
+    MissingWeightsError,
+    build_train_scheduler,
+    recorded_train_scheduler,
+    require_file,
+    save_weights,
+    trained_encoder,
+    write_scheduler_record,
+)
 from fairmonai.io.atomic import atomic_write
 
 __all__ = [
@@ -173,75 +180,6 @@ def build_controlnet(
     if denoiser is not None:
         copy_model_state(controlnet, denoiser.unet.state_dict())
     return controlnet
-
-
-def build_train_scheduler(num_train_timesteps: int = 1000, schedule: str = "scaled_linear_beta", **kw: Any):
-    """The training noise scheduler (MONAI ``DDPMScheduler``; the latent diffusion "scaled linear" betas).
-
-    ``clip_sample`` is off: the samplers inherit it, and clipping the predicted clean sample to [-1, 1] (MONAI's
-    default, made for images in [-1, 1]) truncates latents scaled to unit variance, about a third of whose values
-    lie beyond +-1.
-    """
-    from monai.networks.schedulers import DDPMScheduler
-
-    kw.setdefault("beta_start", 0.0015)
-    kw.setdefault("beta_end", 0.0195)
-    kw.setdefault("clip_sample", False)
-    return DDPMScheduler(num_train_timesteps=int(num_train_timesteps), schedule=schedule, **kw)
-
-
-#: what the diffusion stage records beside its weights, so that the ControlNet stage and sampling cannot use
-#: another noise schedule or prediction type than the denoiser was trained with
-_SCHEDULER_FIELDS = ("num_train_timesteps", "prediction_type")
-
-
-def write_scheduler_record(path: str | os.PathLike, num_train_timesteps: int, prediction_type: str) -> Path:
-    """Record the training scheduler's settings of the diffusion stage (``diffusion_scheduler.json``), atomically."""
-    from fairmonai.engines.results import write_json
-
-    record = {"num_train_timesteps": int(num_train_timesteps), "prediction_type": str(prediction_type)}
-    return write_json({**record, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}, path)
-
-
-def recorded_train_scheduler(
-    path: str | os.PathLike | None,
-    num_train_timesteps: int | None = None,
-    prediction_type: str | None = None,
-):
-    """The training scheduler the diffusion stage recorded at ``path``; settings given here must agree with it.
-
-    ``None`` settings take the recorded values. A setting that contradicts the record stops with both values
-    (a ControlNet or a sampler with another prediction type would silently produce noise). Without a record
-    (``path`` None, or a model trained before records existed) the given settings are used, defaulting to
-    1000 steps and ``epsilon`` with a warning when the file is missing.
-    """
-    given = {"num_train_timesteps": num_train_timesteps, "prediction_type": prediction_type}
-    settings = {"num_train_timesteps": 1000, "prediction_type": "epsilon"}
-    if path is not None and Path(path).is_file():
-        try:
-            record = json.loads(Path(path).read_text(encoding="utf-8"))
-            recorded = {k: record[k] for k in _SCHEDULER_FIELDS}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"not a diffusion scheduler record ({exc})", path=path) from None
-        for key, value in given.items():
-            if value is not None and str(value) != str(recorded[key]):
-                raise InputError(
-                    f"{key} is {value!r} but the diffusion model was trained with {recorded[key]!r}; "
-                    f"leave {key} unset (null) to use the recorded value",
-                    path=path,
-                    field=key,
-                )
-        settings = recorded
-    else:
-        if path is not None:
-            warnings.warn(
-                f"{path}: no diffusion scheduler record; assuming "
-                + ", ".join(f"{k}={given[k] if given[k] is not None else settings[k]!r}" for k in _SCHEDULER_FIELDS),
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        settings.update({k: v for k, v in given.items() if v is not None})
-    return build_train_scheduler(int(settings["num_train_timesteps"]), prediction_type=str(settings["prediction_type"]))
 
 
 # ============================================================================================ autoencoder
@@ -409,19 +347,6 @@ def ldm_dataset(
 
 
 # ============================================================================================ weights
-class MissingWeightsError(InputError, FileNotFoundError):
-    """A stage's weights are missing: names the file and the config that makes it (also a FileNotFoundError)."""
-
-
-def require_file(path: str | os.PathLike, what: str, how: str, field: str | None = None) -> Path:
-    """``path`` when it is a file or a folder of checkpoints; else :class:`MissingWeightsError` saying how to make
-    it (a located error: a bundle run ends with it as ``fairmonai: error: ...``)."""
-    p = Path(path)
-    if p.is_file() or (p.is_dir() and any(p.glob("checkpoint*.pt"))):
-        return p
-    raise MissingWeightsError(f"{what} not found: {how}", path=p, field=field)
-
-
 def load_autoencoder(
     path: str | os.PathLike, options: Mapping[str, Any] | None = None, device: Any = "cpu"
 ) -> AutoencoderKL:
@@ -433,23 +358,6 @@ def load_autoencoder(
     model = build_autoencoder(options)
     load_sampling_weights(model, path, use_ema=False)
     return model.to(device).eval().requires_grad_(False)
-
-
-def _weights(path: str | os.PathLike, use_ema: bool = True) -> dict[str, Any]:
-    file = WeightsLoader(path, nn.Identity()).resolve()
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if use_ema and isinstance(state, Mapping) and "ema" in state:
-        return ema_weights(state)
-    return dict(network_weights(state))
-
-
-def trained_encoder(path: str | os.PathLike) -> AttributeEncoder:
-    """The condition levels a denoiser was trained on, read from its weights (the embedding's stored levels)."""
-    weights = _weights(path)
-    state = weights.get("embedding._extra_state")
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds no attribute embedding: it is not a conditioned cardiac LDM denoiser")
-    return AttributeEncoder.from_state(state)
 
 
 def load_denoiser(
@@ -479,12 +387,6 @@ def load_controlnet(
     model = build_controlnet(None, unet_options, options)
     load_sampling_weights(model, path, use_ema=True)
     return model.to(device).eval().requires_grad_(False)
-
-
-def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Atomically save a plain state dict (loads with ``weights_only=True``)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic_save({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}, path)
 
 
 # ============================================================================================ latent scale
