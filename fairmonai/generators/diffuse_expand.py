@@ -13,6 +13,7 @@ when a noise-aware segmenter is given, its temperature-scaled classifier guidanc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,10 +22,11 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from fairmonai.engines.diffusion import ConditionedDenoiser
+from fairmonai.engines.diffusion import ConditionedDenoiser, load_sampling_weights
 from fairmonai.engines.mask_image import FLAG_ATTRIBUTE, FLAG_LEVELS, labels_to_signal, signal_to_labels
 from fairmonai.generators.conditioning import AttributeEncoder
 from fairmonai.generators.sampling import make_scheduler, sample
+from fairmonai.generators.stages import require_file, trained_encoder
 
 __all__ = [
     "UNET_DEFAULTS",
@@ -32,7 +34,11 @@ __all__ = [
     "DiffuseExpandGenerator",
     "build_joint_denoiser",
     "joint_encoder",
+    "load_joint_denoiser",
 ]
+
+GENERATOR_NAME = "diffuse_expand"
+GENERATOR_VERSION = "0.1.0"
 
 #: CPU-sized joint UNet (a GPU run widens ``channels``): 2 input channels (sample, condition), 1 output
 UNET_DEFAULTS: dict[str, Any] = {
@@ -63,6 +69,17 @@ def build_joint_denoiser(encoder: AttributeEncoder, options: Mapping[str, Any] |
     if FLAG_ATTRIBUTE not in encoder.attributes:
         raise ValueError(f"the joint denoiser's encoder needs the flag {FLAG_ATTRIBUTE!r}: build it with joint_encoder")
     return ConditionedDenoiser.build(DiffusionModelUNet(**{**UNET_DEFAULTS, **dict(options or {})}), encoder)
+
+
+def load_joint_denoiser(
+    path: str | os.PathLike, options: Mapping[str, Any] | None = None, device: Any = "cpu"
+) -> ConditionedDenoiser:
+    """The trained joint denoiser (``models/diffusion.pt`` or the EMA weights of a checkpoint folder of
+    ``configs/train_diffusion.yaml``), frozen, in eval mode, with the condition levels it was trained on."""
+    require_file(path, "diffusion checkpoint", "run configs/train_diffusion.yaml first (or set it)", "diffusion_path")
+    model = build_joint_denoiser(trained_encoder(path), options)
+    load_sampling_weights(model, path, use_ema=True)
+    return model.to(device).eval().requires_grad_(False)
 
 
 class ConcatConditioned(nn.Module):

@@ -12,8 +12,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai.data import CacheDataset, Dataset, NibabelReader, PersistentDataset, PILReader
+from monai.data import CacheDataset, Dataset, ImageReader, NibabelReader, PersistentDataset, PILReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
+from monai.utils import ensure_tuple
 from torch.utils.data import Dataset as TorchDataset
 
 from fairmonai.cohort import Cohort
@@ -53,6 +54,35 @@ def cine_transforms(
     return Compose(steps)
 
 
+class Image2DReader(ImageReader):
+    """MONAI image reader of 2D pairs: PNG / JPEG / ... through ``PILReader``, ``.nii`` / ``.nii.gz`` through
+    ``NibabelReader``, chosen by file suffix (a reader list would try each and log every failure).
+
+    Both give MONAI's (x, y) array order, so a generated pair written as NIfTI lines up with the PNGs its
+    generator was trained on. ``read`` returns the chosen reader with its image, so ``get_data`` needs no state
+    (CacheDataset loads in threads).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pil, self.nibabel = PILReader(), NibabelReader()
+
+    def _reader(self, data: Any) -> ImageReader:
+        names = [str(n) for n in ensure_tuple(data)]
+        return self.nibabel if all(n.endswith((".nii", ".nii.gz")) for n in names) else self.pil
+
+    def verify_suffix(self, filename: Any) -> bool:
+        return self.pil.verify_suffix(filename) or self.nibabel.verify_suffix(filename)
+
+    def read(self, data: Any, **kwargs: Any) -> tuple[ImageReader, Any]:
+        reader = self._reader(data)
+        return reader, reader.read(data, **kwargs)
+
+    def get_data(self, img: tuple[ImageReader, Any]) -> tuple[Any, dict]:
+        reader, image = img
+        return reader.get_data(image)
+
+
 def image2d_transforms(
     image_size: int | None = None,
     grayscale: bool = True,
@@ -70,9 +100,8 @@ def image2d_transforms(
     """
     keys = ["image", mask_key] if with_mask else ["image"]
     steps: list[Any] = [
-        # PNG / JPEG (real fundus photographs) and NIfTI (the synthesiser's image/mask pairs); both readers give
-        # MONAI's (x, y) array order, so a generated pair lines up with the PNGs its generator was trained on
-        LoadImaged(keys, reader=[PILReader(), NibabelReader()], image_only=True, allow_missing_keys=True),
+        # PNG / JPEG (real fundus photographs) and NIfTI (the synthesiser's image/mask pairs)
+        LoadImaged(keys, reader=Image2DReader(), image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
         CheckFiniteImaged("image"),
         CheckImageMaskShaped(mask_key=mask_key),
